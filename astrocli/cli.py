@@ -1,0 +1,89 @@
+"""The ``astro`` command line.
+
+Each sub-command lives in its own module under :mod:`astrocli.commands` and adds itself to
+the Typer app through a ``register(app)`` function. Heavy imports (torch, timm) happen inside
+the command bodies, so ``astro --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+
+from astrocli import __version__
+from astrocli.errors import AstroError
+
+app = typer.Typer(
+    name="astro",
+    help="Train, evaluate, export and benchmark small-data image classifiers "
+    "(Astroformer, CCT, CVT, ViT-Lite, ViT, ResNet).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+# Order here is the order in `astro --help`.
+COMMAND_MODULES = ("train", "eval", "predict", "export", "bench", "models", "recipes")
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        print(f"astro {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """astro: small-data image classifiers from the command line."""
+
+
+def _register_commands() -> None:
+    import importlib
+
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"astrocli.commands.{name}")
+        except ModuleNotFoundError as exc:  # a command not built yet must not break the others
+            if exc.name == f"astrocli.commands.{name}":
+                continue
+            raise
+        module.register(app)
+
+
+_register_commands()
+
+
+def main() -> None:
+    """Entry point of the ``astro`` console script: user errors become one line, never a traceback."""
+    err = Console(stderr=True)
+    try:
+        app(standalone_mode=False)
+    except AstroError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        err.print("[bold red]aborted[/]")
+        sys.exit(130)
+    except KeyboardInterrupt:
+        err.print("[bold red]interrupted[/]")
+        sys.exit(130)
+    except Exception as exc:  # click usage errors and the like
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

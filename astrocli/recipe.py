@@ -1,0 +1,324 @@
+"""Recipes: typed, strictly validated YAML training configurations.
+
+A recipe is YAML with the sections below. Every key has a type; loading coerces by that type
+(PyYAML reads ``55e-5`` as a *string*, which silently broke the official CCT configs) and
+rejects unknown keys with the closest valid names. Overrides ``a.b=value`` are parsed as YAML
+scalars and validated the same way.
+
+    recipe = load_recipe("recipes/cifar10_cct_7_3x1.yaml", ["train.epochs=5"])
+    recipe.model.name, recipe.data.img_size, recipe.train.lr
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from astrocli.errors import RecipeError
+
+PACKAGED_RECIPES = Path(__file__).parent / "recipes"
+
+
+@dataclass
+class ModelConfig:
+    """Which zoo model to build (``astro models`` lists the names)."""
+
+    name: str = "cct_7_3x1_32"
+    drop_rate: float = 0.0
+    drop_path_rate: float | None = None  # None: the model's own default
+    pretrained: str | None = None  # path to a .safetensors checkpoint to start from
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from and how they are split and fed."""
+
+    source: Literal[
+        "imagefolder",
+        "galaxy10_decals",
+        "galaxy10_sdss",
+        "cifar10",
+        "cifar100",
+        "mnist",
+        "fashion_mnist",
+        "flowers102",
+        "tiny_imagenet",
+        "digits",
+    ] = "imagefolder"
+    root: str = "data"
+    img_size: int = 32
+    in_chans: int = 3
+    split: str = "auto"  # held-out split to validate on: auto | val | test (source-specific names allowed)
+    val_fraction: float = 0.1  # seeded stratified split when the source has no held-out split
+    split_seed: int = 0
+    download: bool = True
+    url: str | None = None  # override the download URL (galaxy10_*)
+    sha256: str | None = None  # override the expected checksum (galaxy10_*)
+    in_memory: bool = False  # read a whole h5 file into memory (default: lazy reads)
+    mean: list[float] | None = None  # None: the source's statistics
+    std: list[float] | None = None
+    pipeline: Literal["auto", "loader", "tensor"] = "auto"  # tensor: decoded uint8 cache + batched aug
+    cache_dir: str | None = None  # tensor cache location (default: <root>/.astro-cache)
+    num_workers: int = 4
+    crop_pct: float = 1.0  # evaluation: resize to img_size / crop_pct, then centre-crop img_size
+    interpolation: Literal["bilinear", "bicubic", "nearest"] = "bicubic"
+
+
+@dataclass
+class AugmentConfig:
+    """Training augmentation (timm's implementations, or the batched tensor equivalents)."""
+
+    crop: Literal["random_resized_crop", "pad_crop", "resize"] = "random_resized_crop"
+    scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # random-resized-crop area range
+    ratio: list[float] = field(default_factory=lambda: [0.75, 4.0 / 3.0])
+    padding: int = 4  # pad_crop: pixels of padding
+    hflip: float = 0.5
+    vflip: float = 0.0
+    auto_augment: str | None = None  # timm string: rand-m9-mstd0.5-inc1 | augmix-... | trivialaugment | v0
+    color_jitter: float | None = None
+    re_prob: float = 0.0  # random erasing probability
+    re_mode: Literal["const", "rand", "pixel"] = "pixel"
+    re_count: int = 1
+    mixup: float = 0.0  # mixup alpha (0 = off)
+    cutmix: float = 0.0  # cutmix alpha (0 = off)
+    mixup_prob: float = 1.0
+    mixup_switch_prob: float = 0.5
+    mixup_off_epoch: int = 0  # turn mixup/cutmix off from this epoch (0 = never)
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, schedule and execution."""
+
+    epochs: int = 10
+    batch_size: int = 128  # per process
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = 5e-4
+    weight_decay: float = 0.05
+    momentum: float = 0.9  # sgd
+    nesterov: bool = True  # sgd
+    sched: Literal["cosine", "step", "constant"] = "cosine"
+    warmup_epochs: int = 0
+    warmup_lr: float = 1e-6
+    min_lr: float = 1e-5
+    cooldown_epochs: int = 0
+    decay_epochs: int = 30  # step schedule
+    decay_rate: float = 0.1  # step schedule
+    grad_clip: float | None = None
+    accum_steps: int = 1
+    amp: Literal["auto", "bf16", "fp16", "none"] = "auto"  # auto: bf16 on a GPU that has it, else off
+    channels_last: bool = False
+    compile: bool = False
+    ema: bool = False
+    ema_decay: float = 0.9998
+    seed: int = 0
+    deterministic: bool = False
+    eval_every: int = 1
+    max_steps_per_epoch: int | None = None  # cap for smoke tests and short schedules
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+
+@dataclass
+class OutputConfig:
+    """Where the run is written."""
+
+    dir: str = "runs"
+    name: str = "run"
+    plots: bool = True
+    save_every: int = 1  # epochs between `last` checkpoints
+    log: Literal["rich", "quiet", "jsonl"] = "rich"
+
+
+@dataclass
+class Recipe:
+    """A whole recipe. ``description`` and ``target`` document the paper result it reproduces."""
+
+    description: str = ""
+    target: str = ""  # e.g. "Astroformer paper, Galaxy10 DECaLS top-1 94.86%"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The recipe as plain data (what ``recipe.yaml`` and checkpoint metadata hold)."""
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        """The fully resolved recipe as YAML."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading and validation
+# --------------------------------------------------------------------------------------------
+
+
+def resolve_recipe_path(name_or_path: str | Path) -> Path:
+    """Find a recipe: a path that exists, else a recipe shipped in the package (``galaxy10``)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    stem = path.name.removesuffix(".yaml").removesuffix(".yml")
+    packaged = PACKAGED_RECIPES / f"{stem}.yaml"
+    if packaged.is_file():
+        return packaged
+    available = sorted(p.stem for p in PACKAGED_RECIPES.glob("*.yaml"))
+    hint = difflib.get_close_matches(stem, available, n=3)
+    suggestion = f" Did you mean: {', '.join(hint)}?" if hint else ""
+    raise RecipeError(
+        f"recipe '{name_or_path}' not found: not a file, and not a packaged recipe.{suggestion} "
+        f"See `astro recipes` for the {len(available)} shipped recipes."
+    )
+
+
+def load_recipe(name_or_path: str | Path | None = None, overrides: list[str] | None = None) -> Recipe:
+    """Load, validate and override a recipe.
+
+    Args:
+        name_or_path: a YAML file, a packaged recipe name, or None for all defaults.
+        overrides: ``dotted.key=value`` strings applied after the file, values read as YAML scalars.
+
+    Raises:
+        RecipeError: unknown key (with the closest valid keys), wrong type, bad override syntax.
+    """
+    raw: dict[str, Any] = {}
+    if name_or_path is not None:
+        path = resolve_recipe_path(name_or_path)
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise RecipeError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise RecipeError(f"{path}: a recipe must be a YAML mapping of sections, got {type(loaded).__name__}")
+        raw = loaded
+        raw.setdefault("output", {})
+        if isinstance(raw["output"], dict):
+            raw["output"].setdefault("name", path.stem)
+    for item in overrides or []:
+        apply_override(raw, item)
+    return recipe_from_dict(raw)
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Apply one ``a.b.c=value`` override to a raw recipe mapping, in place."""
+    key, sep, value = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise RecipeError(f"override '{item}' is not KEY=VALUE (for example train.epochs=5)")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        parsed = value
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise RecipeError(f"override '{item}': '{part}' is a value, not a section")
+        node = child
+    node[parts[-1]] = parsed
+
+
+def recipe_from_dict(raw: dict[str, Any]) -> Recipe:
+    """Build a :class:`Recipe` from plain data, strictly: every key known, every value typed."""
+    return _build(Recipe, raw, "")
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise RecipeError(f"'{prefix.rstrip('.') or 'recipe'}' must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in raw.items():
+        path = f"{prefix}{key}"
+        if key not in fields:
+            candidates = [f"{prefix}{name}" for name in fields]
+            close = difflib.get_close_matches(path, candidates, n=3, cutoff=0.5)
+            hint = f"; did you mean {', '.join(close)}?" if close else f"; valid keys: {', '.join(candidates)}"
+            raise RecipeError(f"unknown recipe key '{path}'{hint}")
+        hint_type = hints[key]
+        if dataclasses.is_dataclass(hint_type):
+            values[key] = _build(hint_type, value or {}, f"{path}.")
+        else:
+            values[key] = _coerce(value, hint_type, path)
+    return cls(**values)
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        return f"a list of {_type_name(item)}"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    """Coerce ``value`` to ``tp`` or raise naming the key and the expected type."""
+    origin = typing.get_origin(tp)
+    fail = RecipeError(f"recipe key '{path}' must be {_type_name(tp)}, got {value!r}")
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, path)
+            except RecipeError:
+                continue
+        raise fail
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise fail
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if isinstance(value, (list, tuple)):
+            return [_coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
+        raise fail
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise fail
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise fail
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # PyYAML reads 55e-5 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise fail from None
+        raise fail
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise fail
+    if tp is Any:
+        return value
+    raise fail
