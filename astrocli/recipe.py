@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -55,7 +56,7 @@ class DataConfig:
     root: str = "data"
     img_size: int = 32
     in_chans: int = 3
-    split: str = "auto"  # held-out split to validate on: auto | val | test (source-specific names allowed)
+    split: str = "auto"  # held-out split: auto (val, else test, else stratified) | val | test | stratified
     val_fraction: float = 0.1  # seeded stratified split when the source has no held-out split
     split_seed: int = 0
     download: bool = True
@@ -201,7 +202,9 @@ def load_recipe(name_or_path: str | Path | None = None, overrides: list[str] | N
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
-            raise RecipeError(f"{path}: a recipe must be a YAML mapping of sections, got {type(loaded).__name__}")
+            raise RecipeError(
+                f"{path}: a recipe must be a YAML mapping of sections, got {type(loaded).__name__}"
+            )
         raw = loaded
         raw.setdefault("output", {})
         if isinstance(raw["output"], dict):
@@ -209,6 +212,18 @@ def load_recipe(name_or_path: str | Path | None = None, overrides: list[str] | N
     for item in overrides or []:
         apply_override(raw, item)
     return recipe_from_dict(raw)
+
+
+@dataclass(frozen=True)
+class _OverrideValue:
+    """An override's value as typed and as YAML read it: a ``str`` key keeps the typed text
+    (``data.sha256=0123...`` must not become the number 123...), other keys use the YAML value."""
+
+    text: str
+    parsed: Any
+
+    def __repr__(self) -> str:
+        return repr(self.parsed)
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
@@ -224,11 +239,13 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     node = raw
     parts = key.split(".")
     for part in parts[:-1]:
-        child = node.setdefault(part, {})
+        child = node.get(part)
+        if child is None:  # an absent or empty section (`augment:` with nothing under it)
+            child = node[part] = {}
         if not isinstance(child, dict):
             raise RecipeError(f"override '{item}': '{part}' is a value, not a section")
         node = child
-    node[parts[-1]] = parsed
+    node[parts[-1]] = _OverrideValue(value.strip(), parsed)
 
 
 def recipe_from_dict(raw: dict[str, Any]) -> Recipe:
@@ -247,7 +264,9 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
         if key not in fields:
             candidates = [f"{prefix}{name}" for name in fields]
             close = difflib.get_close_matches(path, candidates, n=3, cutoff=0.5)
-            hint = f"; did you mean {', '.join(close)}?" if close else f"; valid keys: {', '.join(candidates)}"
+            hint = (
+                f"; did you mean {', '.join(close)}?" if close else f"; valid keys: {', '.join(candidates)}"
+            )
             raise RecipeError(f"unknown recipe key '{path}'{hint}")
         hint_type = hints[key]
         if dataclasses.is_dataclass(hint_type):
@@ -273,9 +292,15 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     """Coerce ``value`` to ``tp`` or raise naming the key and the expected type."""
     origin = typing.get_origin(tp)
     fail = RecipeError(f"recipe key '{path}' must be {_type_name(tp)}, got {value!r}")
+    if isinstance(value, _OverrideValue):
+        if tp is str:
+            return value.text
+        if origin not in (typing.Union, types.UnionType):
+            return _coerce(value.parsed, tp, path)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
-        if value is None and type(None) in args:
+        plain = value.parsed if isinstance(value, _OverrideValue) else value
+        if plain is None and type(None) in args:
             return None
         for arg in args:
             if arg is type(None):
@@ -305,14 +330,15 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
             return int(value)
         raise fail
     if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # PyYAML reads 55e-5 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                raise fail from None
-        raise fail
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise fail
+        try:
+            number = float(value)  # a str too: PyYAML reads 55e-5 (no dot) as a string
+        except ValueError:
+            raise fail from None
+        if not math.isfinite(number):
+            raise RecipeError(f"recipe key '{path}' must be a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value

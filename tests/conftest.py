@@ -19,7 +19,9 @@ def _require(path: Path) -> Path:
     """Return ``path``; in CI a missing data file fails the test, elsewhere it skips with the reason."""
     if path.exists():
         return path
-    message = f"real test data missing: {path} (set ASTRO_SHARED_DATA or place ../shared/data beside the repo)"
+    message = (
+        f"real test data missing: {path} (set ASTRO_SHARED_DATA or place ../shared/data beside the repo)"
+    )
     if os.environ.get("CI"):
         pytest.fail(message)
     pytest.skip(message)

@@ -1,0 +1,177 @@
+"""The two dataset shapes every source produces, and the image-mode conversion they share.
+
+* :class:`ImageFileDataset`: one image file per sample (image folders, Tiny ImageNet, Flowers-102).
+* :class:`ArrayImageDataset`: samples are rows of a uint8 ``[N, H, W, C]`` array held by a store
+  (an h5 file read lazily, a memory-mapped CIFAR binary, an in-memory array). It exposes
+  ``uint8_array()`` so the tensor pipeline can cache pixels without a PIL round trip.
+
+Both yield ``(PIL.Image, int)`` in mode ``RGB`` (or ``L`` when ``in_chans == 1``), expose ``targets``
+(a list of ints, available without decoding any image) and ``subset(indices)``.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from PIL import Image
+from torch.utils.data import Dataset
+
+# PIL's ITU-R 601-2 luma weights, so array and PIL conversions to grayscale agree.
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def image_mode(in_chans: int) -> str:
+    """The PIL mode datasets yield for ``in_chans`` channels (1: ``L``, 3: ``RGB``)."""
+    if in_chans == 1:
+        return "L"
+    if in_chans == 3:
+        return "RGB"
+    raise ValueError(f"in_chans must be 1 or 3 for image data, got {in_chans}")
+
+
+def convert_image(img: Image.Image, mode: str) -> Image.Image:
+    """Convert any PIL image (grayscale, palette, RGBA, 16-bit, float) to ``mode`` (``RGB`` or ``L``).
+
+    Transparent pixels are composited over black: astronomical images have a dark sky, and
+    PIL's plain ``convert("RGB")`` would expose whatever colour hides under alpha 0.
+    """
+    if img.mode == mode:
+        return img
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # PIL clips wide integer/float images to 0..255 when converting; rescale by the range instead.
+        array = np.asarray(img, dtype=np.float32)
+        lo, hi = float(array.min()), float(array.max())
+        scaled = (array - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(array)
+        img = Image.fromarray(scaled.round().astype(np.uint8), mode="L")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        img = Image.alpha_composite(background, rgba)
+    return img.convert(mode)
+
+
+def convert_array_channels(array: np.ndarray, in_chans: int) -> np.ndarray:
+    """Convert a uint8 ``[N, H, W, C]`` array (C = 1 or 3) to ``in_chans`` channels, like PIL does."""
+    channels = array.shape[-1]
+    if channels == in_chans:
+        return array
+    if channels == 1 and in_chans == 3:
+        return np.repeat(array, 3, axis=-1)
+    if channels == 3 and in_chans == 1:
+        luma = array.astype(np.float32) @ _LUMA
+        return np.clip(luma.round(), 0, 255).astype(np.uint8)[..., None]
+    raise ValueError(f"cannot convert {channels}-channel images to {in_chans} channels")
+
+
+class ImageFileDataset(Dataset):
+    """Samples stored as image files: ``samples`` is a list of ``(path, class_index)``.
+
+    A file that cannot be decoded at read time is reported (once, by path) and replaced by the
+    next readable sample, so one corrupt file never kills a long run.
+    """
+
+    def __init__(self, samples: Sequence[tuple[str, int]], in_chans: int = 3) -> None:
+        self.samples = list(samples)
+        self.targets = [label for _, label in self.samples]
+        self.in_chans = in_chans
+        self.mode = image_mode(in_chans)
+        self._reported: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load(self, index: int) -> Image.Image:
+        """Decode sample ``index`` as a PIL image in this dataset's mode (raises on a bad file)."""
+        path = self.samples[index][0]
+        with Image.open(path) as img:
+            img.load()
+            return convert_image(img, self.mode)
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
+        for offset in range(len(self.samples)):
+            candidate = (index + offset) % len(self.samples)
+            try:
+                return self.load(candidate), self.targets[candidate]
+            except (OSError, ValueError, SyntaxError) as exc:  # PIL raises all three for bad files
+                self._report(self.samples[candidate][0], exc)
+        raise OSError("no readable image in this dataset")
+
+    def _report(self, path: str, exc: Exception) -> None:
+        if path not in self._reported:
+            self._reported.add(path)
+            warnings.warn(f"unreadable image skipped: {path} ({exc})", stacklevel=3)
+
+    def subset(self, indices: Sequence[int]) -> ImageFileDataset:
+        """The samples at ``indices`` as a new dataset."""
+        return ImageFileDataset([self.samples[i] for i in indices], self.in_chans)
+
+
+class ArrayStore(Protocol):
+    """Where the uint8 rows of an :class:`ArrayImageDataset` live."""
+
+    def read(self, indices: np.ndarray) -> np.ndarray:
+        """Rows ``indices`` as uint8 ``[n, H, W, C]`` (in the order given)."""
+        ...
+
+
+class NumpyStore:
+    """An array in memory or memory-mapped; ``[N, H, W]`` arrays get a channel axis."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+
+    def read(self, indices: np.ndarray) -> np.ndarray:
+        rows = np.asarray(self.array[indices])
+        return rows[..., None] if rows.ndim == 3 else rows
+
+
+class ArrayImageDataset(Dataset):
+    """Samples that are rows ``indices`` of a uint8 image store, with integer ``targets``."""
+
+    def __init__(
+        self, store: ArrayStore, indices: Sequence[int], targets: Sequence[int], in_chans: int = 3
+    ) -> None:
+        self.store = store
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.targets = [int(t) for t in targets]
+        if len(self.targets) != len(self.indices):
+            raise ValueError("one target per index expected")
+        self.in_chans = in_chans
+        self.mode = image_mode(in_chans)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
+        row = self.store.read(self.indices[index : index + 1])
+        row = convert_array_channels(row, self.in_chans)[0]
+        img = Image.fromarray(row[..., 0] if self.in_chans == 1 else row, mode=self.mode)
+        return img, self.targets[index]
+
+    def uint8_array(self) -> np.ndarray:
+        """All samples as one uint8 ``[N, H, W, in_chans]`` array, read now (no PIL decoding)."""
+        return convert_array_channels(self.store.read(self.indices), self.in_chans)
+
+    def subset(self, indices: Sequence[int]) -> ArrayImageDataset:
+        """The samples at ``indices`` (positions in this dataset) as a new dataset."""
+        positions = np.asarray(indices, dtype=np.int64)
+        return ArrayImageDataset(
+            self.store, self.indices[positions], [self.targets[i] for i in positions], self.in_chans
+        )
+
+
+def is_image_file(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` has an image extension PIL reads."""
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
+)

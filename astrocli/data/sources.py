@@ -1,0 +1,201 @@
+"""Data sources: turn ``recipe.data`` into train and held-out datasets plus what describes them.
+
+Each source (``imagefolder``, ``galaxy10_decals``, ``cifar10``, ...) is a function
+``(DataConfig) -> SourceData`` listing its named splits lazily; :func:`build_datasets` picks the
+held-out split (``data.split``: auto = val, else test, else a seeded stratified split of train),
+resolves the normalisation statistics and records the split for the run (``split.json``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from astrocli.errors import DataError
+from astrocli.recipe import DataConfig
+
+# ImageNet statistics (timm's IMAGENET_DEFAULT_MEAN/STD): the default for image folders.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class SourceData:
+    """What a source offers: named splits (built on demand), class names and pixel statistics.
+
+    ``mean``/``std`` describe the source's native channels (3 for colour, 1 for MNIST-like data);
+    :func:`build_datasets` adapts them to ``data.in_chans``.
+    """
+
+    splits: dict[str, Callable[[], Any]]
+    class_names: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    info: dict[str, Any] = field(default_factory=dict)  # extra facts recorded in split.json
+
+
+@dataclass
+class DatasetBundle:
+    """Train and held-out datasets of ``(PIL.Image, int)`` with the facts the engine records."""
+
+    train: Any
+    val: Any
+    class_names: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    split_info: dict[str, Any]
+
+    @property
+    def num_classes(self) -> int:
+        """How many classes the model must predict."""
+        return len(self.class_names)
+
+
+# source name -> "module:function" (imported on use, so one source's dependencies never slow another)
+SOURCES: dict[str, str] = {
+    "imagefolder": "astrocli.data.imagefolder:imagefolder_source",
+    "tiny_imagenet": "astrocli.data.imagefolder:tiny_imagenet_source",
+    "galaxy10_decals": "astrocli.data.galaxy10:galaxy10_decals_source",
+    "galaxy10_sdss": "astrocli.data.galaxy10:galaxy10_sdss_source",
+    "cifar10": "astrocli.data.torchvision_sources:cifar10_source",
+    "cifar100": "astrocli.data.torchvision_sources:cifar100_source",
+    "mnist": "astrocli.data.torchvision_sources:mnist_source",
+    "fashion_mnist": "astrocli.data.torchvision_sources:fashion_mnist_source",
+    "flowers102": "astrocli.data.torchvision_sources:flowers102_source",
+    "digits": "astrocli.data.digits:digits_source",
+}
+
+
+def load_source(cfg: DataConfig) -> SourceData:
+    """Run the source named by ``cfg.source``."""
+    if cfg.source not in SOURCES:
+        raise DataError(f"unknown data.source '{cfg.source}'; choose one of: {', '.join(SOURCES)}")
+    module_name, function_name = SOURCES[cfg.source].split(":")
+    source_fn = getattr(importlib.import_module(module_name), function_name)
+    return source_fn(cfg)
+
+
+def build_datasets(cfg: DataConfig) -> DatasetBundle:
+    """Build the train and held-out datasets for ``recipe.data``.
+
+    Fills ``cfg.mean``/``cfg.std`` with the statistics used when they were None.
+
+    Raises:
+        DataError: missing or unreadable data, an unknown split, or a split too small to stratify.
+    """
+    if cfg.in_chans not in (1, 3):
+        raise DataError(f"data.in_chans must be 1 or 3 for image data, got {cfg.in_chans}")
+    source = load_source(cfg)
+    heldout = choose_heldout(cfg.split, source.splits, cfg.source)
+    train = source.splits["train"]()
+    if heldout == "stratified":
+        train_idx, val_idx = stratified_split(train.targets, cfg.val_fraction, cfg.split_seed, cfg.source)
+        train, val = train.subset(train_idx), train.subset(val_idx)
+    else:
+        val = source.splits[heldout]()
+    mean, std = resolve_stats(cfg, source)
+    # Record the resolved normalisation in the recipe itself, so recipe.yaml, checkpoints and
+    # build_train_transform(recipe) all agree on it.
+    cfg.mean, cfg.std = list(mean), list(std)
+    split_info = describe_split(cfg, source, heldout, train, val)
+    return DatasetBundle(train, val, list(source.class_names), mean, std, split_info)
+
+
+def choose_heldout(requested: str, splits: dict[str, Any], source_name: str) -> str:
+    """The held-out split to use: a split name, or ``"stratified"`` (carve it out of train)."""
+    held = [name for name in splits if name != "train"]
+    if requested == "auto":
+        for name in ("val", "test"):
+            if name in splits:
+                return name
+        return "stratified"
+    if requested == "stratified" or requested in held:
+        return requested
+    options = ", ".join(["auto", *held, "stratified"])
+    raise DataError(f"data.split '{requested}' does not exist for {source_name}; use one of: {options}")
+
+
+def stratified_split(
+    targets: list[int], fraction: float, seed: int, source_name: str
+) -> tuple[list[int], list[int]]:
+    """Seeded stratified train/held-out indices (each sorted, so h5 reads stay sequential)."""
+    from sklearn.model_selection import train_test_split
+
+    if not 0.0 < fraction < 1.0:
+        raise DataError(f"data.val_fraction must be between 0 and 1, got {fraction}")
+    indices = np.arange(len(targets))
+    try:
+        train_idx, val_idx = train_test_split(
+            indices, test_size=fraction, random_state=seed, stratify=np.asarray(targets)
+        )
+    except ValueError as exc:
+        raise DataError(
+            f"{source_name}: cannot make a stratified {fraction:g} held-out split of "
+            f"{len(targets)} images ({exc}); add images or a val/ folder, or change data.val_fraction"
+        ) from None
+    return sorted(train_idx.tolist()), sorted(val_idx.tolist())
+
+
+def resolve_stats(cfg: DataConfig, source: SourceData) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``data.mean``/``data.std`` when set, else the source's, with one value per input channel."""
+    mean = tuple(cfg.mean) if cfg.mean is not None else adapt_channels(source.mean, cfg.in_chans)
+    std = tuple(cfg.std) if cfg.std is not None else adapt_channels(source.std, cfg.in_chans)
+    for name, values in (("mean", mean), ("std", std)):
+        if len(values) != cfg.in_chans:
+            raise DataError(
+                f"data.{name} has {len(values)} values but data.in_chans is {cfg.in_chans}; "
+                f"give one value per channel"
+            )
+    if any(s <= 0 for s in std):
+        raise DataError(f"data.std values must be positive, got {list(std)}")
+    return mean, std
+
+
+def adapt_channels(values: tuple[float, ...], in_chans: int) -> tuple[float, ...]:
+    """Per-channel statistics for ``in_chans`` channels: repeat a gray value, or luma-weight colour.
+
+    The luma-weighted mean is exact for grayscale converted with PIL's weights; the weighted std
+    is an approximation (it ignores the correlation between channels), fine for normalisation.
+    """
+    if len(values) == in_chans:
+        return tuple(float(v) for v in values)
+    if len(values) == 1:
+        return (float(values[0]),) * in_chans
+    if len(values) == 3 and in_chans == 1:
+        weights = (0.299, 0.587, 0.114)
+        return (round(sum(w * v for w, v in zip(weights, values, strict=True)), 4),)
+    raise DataError(f"cannot adapt {len(values)}-channel statistics to {in_chans} channels")
+
+
+def class_counts(targets: list[int], class_names: list[str]) -> dict[str, int]:
+    """Images per class, by class name, in class order."""
+    counts = Counter(targets)
+    return {name: counts.get(i, 0) for i, name in enumerate(class_names)}
+
+
+def describe_split(cfg: DataConfig, source: SourceData, heldout: str, train: Any, val: Any) -> dict[str, Any]:
+    """The JSON-able record of how the data was split (``split.json`` in the run)."""
+    info: dict[str, Any] = {
+        "source": cfg.source,
+        "root": str(Path(cfg.root).expanduser()),
+        "train_split": "train",
+        "heldout_split": heldout,
+        "class_names": list(source.class_names),
+        "num_train": len(train),
+        "num_val": len(val),
+        "counts": {
+            "train": class_counts(train.targets, source.class_names),
+            "val": class_counts(val.targets, source.class_names),
+        },
+    }
+    if heldout == "stratified":
+        info["val_fraction"] = cfg.val_fraction
+        info["split_seed"] = cfg.split_seed
+    info.update(source.info)
+    return info
