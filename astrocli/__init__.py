@@ -6,3 +6,5 @@ Importing :mod:`astrocli.models` registers the zoo with timm, so that after
 """
 
 __version__ = "0.1.0"
+
+from astrocli import models as models  # registers the zoo with timm

@@ -1,0 +1,74 @@
+"""``astro models``: the zoo as a table (name, family, default image size, parameters, MACs)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import typer
+
+from astrocli.errors import AstroError
+
+
+def _describe(name: str, with_macs: bool, num_classes: int) -> dict[str, Any]:
+    """One row: counted on the meta device, so even ViT-H costs no memory."""
+    import torch
+
+    from astrocli.models import count_params, create_model, get_model_info
+
+    info = get_model_info(name)
+    with torch.device("meta"):
+        model = create_model(name, num_classes=num_classes, img_size=info.default_img_size)
+    macs = None
+    if with_macs:
+        from astrocli.bench import count_macs
+
+        macs = count_macs(model, info.default_img_size)
+    return {
+        "model": name,
+        "family": info.family,
+        "img_size": info.default_img_size,
+        "params": count_params(model),
+        "macs": macs,
+        "paper_params_m": info.paper_params,
+    }
+
+
+def _print_table(rows: list[dict[str, Any]], num_classes: int) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"astro model zoo ({num_classes} classes, MACs for one image at the default size)")
+    for column in ("name", "family", "img size", "params", "MACs"):
+        table.add_column(column, justify="left" if column in ("name", "family") else "right")
+    for row in rows:
+        macs = "-" if row["macs"] is None else f"{row['macs'] / 1e9:.3f} G"
+        table.add_row(row["model"], row["family"], str(row["img_size"]), f"{row['params'] / 1e6:.3f} M", macs)
+    Console().print(table)
+
+
+def models_command(
+    family: str | None = typer.Option(
+        None, "--family", help="Only this family (astroformer, cct, cvt, ...)."
+    ),
+    macs: bool = typer.Option(True, "--macs/--no-macs", help="Count MACs (attention products included)."),
+    num_classes: int = typer.Option(10, "--num-classes", help="Classifier size used for the counts."),
+    output_format: str = typer.Option("table", "--format", help="table or json."),
+) -> None:
+    """List the model zoo: name, family, default image size, parameters and MACs."""
+    from astrocli.models import FAMILIES, list_models
+
+    if family is not None and family not in FAMILIES:
+        raise AstroError(f"unknown family {family!r}; choose one of: {', '.join(FAMILIES)}")
+    if output_format not in ("table", "json"):
+        raise AstroError(f"--format must be table or json, not {output_format!r}")
+    rows = [_describe(name, macs, num_classes) for name in list_models(family)]
+    if output_format == "json":
+        print(json.dumps(rows, indent=2))
+    else:
+        _print_table(rows, num_classes)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``astro models`` to the CLI."""
+    app.command("models")(models_command)
