@@ -64,7 +64,10 @@ def main() -> None:
     """Entry point of the ``astro`` console script: user errors become one line, never a traceback."""
     err = Console(stderr=True)
     try:
-        app(standalone_mode=False)
+        # standalone_mode=False makes click *return* the code of a `raise typer.Exit(code)`.
+        exit_code = app(standalone_mode=False)
+        if isinstance(exit_code, int) and exit_code:
+            sys.exit(exit_code)
     except AstroError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)

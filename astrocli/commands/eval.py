@@ -1,0 +1,152 @@
+"""``astro eval``: accuracy, per-class precision/recall/F1, confusion matrix and calibration."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from astrocli.errors import AstroError
+
+
+def _summary_table(report: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    table = Table(title="evaluation" + (" (with horizontal-flip TTA)" if report["tta"] else ""))
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row("images", str(report["num_samples"]))
+    table.add_row("top-1 (%)", f"{report['top1']:.2f}")
+    table.add_row("top-5 (%)", f"{report['top5']:.2f}")
+    table.add_row("loss (NLL)", f"{report['loss']:.4f}")
+    table.add_row("ECE (15 bins)", f"{report['ece']:.4f}")
+    return table
+
+
+def _per_class_table(report: dict[str, Any]) -> Any:
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title="per class")
+    for name, justify in (("#", "right"), ("class", "left"), ("precision", "right"), ("recall", "right")):
+        table.add_column(name, justify=justify)
+    table.add_column("F1", justify="right")
+    table.add_column("support", justify="right")
+    for row in report["per_class"]:
+        table.add_row(
+            str(row["class_index"]),
+            escape(row["label"]),
+            f"{row['precision']:.3f}",
+            f"{row['recall']:.3f}",
+            f"{row['f1']:.3f}",
+            str(row["support"]),
+        )
+    table.add_section()
+    for average in ("macro", "weighted"):
+        avg = report[average]
+        table.add_row(
+            "",
+            f"[bold]{average} avg[/]",
+            f"{avg['precision']:.3f}",
+            f"{avg['recall']:.3f}",
+            f"{avg['f1']:.3f}",
+            str(avg["support"]),
+        )
+    return table
+
+
+def _confusion_table(report: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    matrix = report["confusion_matrix"]
+    table = Table(title="confusion matrix (rows: true class #, columns: predicted class #)")
+    table.add_column("true \\ pred", justify="right")
+    for j in range(len(matrix)):
+        table.add_column(str(j), justify="right")
+    for i, row in enumerate(matrix):
+        table.add_row(
+            str(i),
+            *(f"[bold]{v}[/]" if i == j else (str(v) if v else "[dim]0[/]") for j, v in enumerate(row)),
+        )
+    return table
+
+
+def eval_command(
+    checkpoint: Path = typer.Argument(
+        ..., help="A .safetensors checkpoint or an exported .onnx model.", show_default=False
+    ),
+    overrides: list[str] | None = typer.Argument(
+        None,
+        help="Recipe overrides KEY=VALUE for the data, e.g. data.root=DIR data.split=test.",
+        show_default=False,
+    ),
+    json_path: Path | None = typer.Option(None, "--json", help="Write every metric to this JSON file."),
+    plot: Path | None = typer.Option(
+        None, "--plot", help="Save the normalised confusion matrix to FILE.png."
+    ),
+    tta: bool = typer.Option(
+        False, "--tta", help="Average the softmax of each image and its horizontal flip."
+    ),
+    batch_size: int = typer.Option(64, "--batch-size", "-b", help="Images per forward pass."),
+    workers: int | None = typer.Option(
+        None, "--workers", help="DataLoader workers (default: data.num_workers, at most the CPU count)."
+    ),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N (PyTorch checkpoints)."),
+) -> None:
+    """Evaluate a model on the split its recipe validated on (or the one the overrides name)."""
+    from rich.console import Console
+
+    from astrocli.data import build_datasets
+    from astrocli.evaluate import (
+        check_labels,
+        eval_recipe,
+        evaluate,
+        plot_confusion_matrix,
+        write_report_json,
+    )
+    from astrocli.inference import load_runner
+
+    console = Console()
+    if plot is not None and plot.suffix.lower() != ".png":
+        raise AstroError(f"--plot '{plot}' must end in .png")
+    if batch_size < 1:
+        raise AstroError(f"--batch-size must be at least 1, got {batch_size}")
+    runner = load_runner(checkpoint, device=device)
+    console.print(f"model: {runner.describe()}", highlight=False)
+    recipe = eval_recipe(runner.meta, overrides or [])
+    if recipe.data.in_chans != runner.meta.in_chans:
+        raise AstroError(
+            f"data.in_chans={recipe.data.in_chans} but the model takes {runner.meta.in_chans} channels; "
+            f"drop the override or use data.in_chans={runner.meta.in_chans}"
+        )
+    bundle = build_datasets(recipe.data)
+    for warning in check_labels(runner.class_names, bundle.class_names):
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    num_workers = workers if workers is not None else min(recipe.data.num_workers, os.cpu_count() or 1)
+    split_info = getattr(bundle, "split_info", None) or {}
+    heldout = split_info.get("heldout_split", recipe.data.split)
+    console.print(
+        f"data: {recipe.data.source} at {recipe.data.root}, "
+        f"held-out split '{heldout}', {len(bundle.val)} images",
+        highlight=False,
+    )
+    report = evaluate(runner, bundle.val, batch_size=batch_size, num_workers=num_workers, tta=tta)
+    report["data"] = {"source": recipe.data.source, "root": recipe.data.root, "split": heldout}
+    report["split_info"] = split_info
+
+    console.print(_summary_table(report))
+    console.print(_per_class_table(report))
+    console.print(_confusion_table(report))
+    if json_path is not None:
+        write_report_json(report, json_path)
+        console.print(f"wrote {json_path}", highlight=False)
+    if plot is not None:
+        plot_confusion_matrix(report, plot)
+        console.print(f"wrote {plot}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``astro eval`` to the CLI."""
+    app.command("eval")(eval_command)

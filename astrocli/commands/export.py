@@ -1,0 +1,73 @@
+"""``astro export``: ONNX, TorchScript or plain safetensors, each checked against PyTorch."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+
+import typer
+
+
+class OnnxExporter(str, Enum):
+    auto = "auto"
+    dynamo = "dynamo"
+    torchscript = "torchscript"
+
+
+class ExportFormat(str, Enum):
+    onnx = "onnx"
+    torchscript = "torchscript"
+    safetensors = "safetensors"
+
+
+def export_command(
+    checkpoint: Path = typer.Argument(..., help="An astro .safetensors checkpoint.", show_default=False),
+    fmt: ExportFormat = typer.Option(ExportFormat.onnx, "--format", "-f", help="What to export to."),
+    output: Path | None = typer.Option(
+        None,
+        "--output",
+        "-o",
+        help="Where to write (default: beside the checkpoint: NAME.onnx, NAME.torchscript.pt, "
+        "NAME-safetensors/model.safetensors + config.json).",
+    ),
+    opset: int | None = typer.Option(None, "--opset", help="ONNX opset version (default: the exporter's)."),
+    exporter: OnnxExporter = typer.Option(
+        OnnxExporter.auto,
+        "--exporter",
+        help="ONNX exporter: auto (torch.export-based, falling back to the TorchScript-based one), "
+        "dynamo or torchscript.",
+    ),
+    images: list[str] | None = typer.Option(
+        None,
+        "--images",
+        help="Real images to verify on (files, directories, globs; repeatable). "
+        "Default: a few from the checkpoint's recipe data when it is present.",
+    ),
+) -> None:
+    """Export a checkpoint; ONNX and TorchScript are verified (rtol 1e-3, atol 1e-4) before writing."""
+    from rich.console import Console
+
+    from astrocli.export import export_checkpoint
+
+    console = Console()
+    with console.status(f"exporting {checkpoint} to {fmt.value} ..."):
+        result = export_checkpoint(
+            checkpoint, fmt.value, output=output, opset=opset, images=images, exporter=exporter.value
+        )
+    for check in result.checks:
+        console.print(
+            f"check vs PyTorch on {check.inputs}: max abs diff {check.max_abs_diff:.3g} "
+            f"(rtol 1e-3, atol 1e-4) [green]ok[/]",
+            highlight=False,
+        )
+    for note in result.notes:
+        console.print(f"note: {note}", highlight=False)
+    exporter = f" with the {result.exporter} exporter" if result.exporter else ""
+    console.print(f"wrote {result.path}{exporter}", highlight=False)
+    for extra in result.extra_files:
+        console.print(f"wrote {extra}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``astro export`` to the CLI."""
+    app.command("export")(export_command)

@@ -1,0 +1,178 @@
+"""One way to run a trained model, whatever file it lives in.
+
+``astro eval`` and ``astro predict`` accept an astro checkpoint (``.safetensors``) or an
+exported ``.onnx`` file. :func:`load_runner` opens either and returns a :class:`Runner`:
+the model's :class:`~astrocli.checkpoint.CheckpointMeta` (labels, image size, normalisation),
+its evaluation transform, and ``logits(batch)``.
+
+An exported ONNX file carries the same metadata as the checkpoint (``metadata_props`` hold
+the :meth:`CheckpointMeta.to_metadata` strings), so it runs through onnxruntime alone, with
+no PyTorch model built.
+
+    runner = load_runner("runs/galaxy10/best.safetensors")
+    batch = torch.stack([runner.transform(img) for img in images])
+    probs = softmax(runner.logits(batch))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from astrocli.checkpoint import CheckpointMeta
+from astrocli.errors import AstroError, CheckpointError
+
+
+class Runner:
+    """A loaded model plus everything needed to feed it.
+
+    Attributes:
+        meta: the checkpoint metadata (for ONNX: read back from the file's metadata).
+        source: the file the model came from.
+        kind: ``"pytorch"`` or ``"onnx"``.
+    """
+
+    kind = "?"
+
+    def __init__(self, meta: CheckpointMeta, source: Path) -> None:
+        self.meta = meta
+        self.source = source
+        self._transform: Callable[[Any], Any] | None = None
+
+    @property
+    def class_names(self) -> list[str]:
+        """Class labels in output order (``class_<i>`` when the checkpoint has none)."""
+        names = list(self.meta.class_names)
+        if len(names) != self.meta.num_classes:
+            names = [f"class_{i}" for i in range(self.meta.num_classes)]
+        return names
+
+    @property
+    def transform(self) -> Callable[[Any], Any]:
+        """The checkpoint's evaluation transform: PIL image -> normalised float tensor ``[C, H, W]``."""
+        if self._transform is None:
+            from astrocli.data import build_eval_transform
+
+            m = self.meta
+            self._transform = build_eval_transform(
+                m.img_size, m.crop_pct, m.interpolation, m.mean, m.std, m.in_chans
+            )
+        return self._transform
+
+    def logits(self, batch: Any) -> np.ndarray:
+        """Logits ``[B, num_classes]`` (float32 numpy) for a normalised batch ``[B, C, H, W]``."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """One line naming the model and the file, for the console."""
+        m = self.meta
+        return f"{m.model} ({self.kind}, {m.num_classes} classes, {m.img_size}px) from {self.source}"
+
+
+class TorchRunner(Runner):
+    """A PyTorch model built from an astro checkpoint."""
+
+    kind = "pytorch"
+
+    def __init__(self, model: Any, meta: CheckpointMeta, source: Path, device: Any) -> None:
+        super().__init__(meta, source)
+        self.model = model
+        self.device = device
+
+    def logits(self, batch: Any) -> np.ndarray:
+        import torch
+
+        if not isinstance(batch, torch.Tensor):
+            batch = torch.from_numpy(np.ascontiguousarray(batch))
+        with torch.inference_mode():
+            out = self.model(batch.to(self.device, dtype=torch.float32))
+        return out.float().cpu().numpy()
+
+
+class OnnxRunner(Runner):
+    """An onnxruntime session over an ``astro export --format onnx`` file."""
+
+    kind = "onnx"
+
+    def __init__(self, session: Any, meta: CheckpointMeta, source: Path) -> None:
+        super().__init__(meta, source)
+        self.session = session
+        self.input_name = session.get_inputs()[0].name
+
+    def logits(self, batch: Any) -> np.ndarray:
+        if hasattr(batch, "detach"):
+            batch = batch.detach().cpu().numpy()
+        (out,) = self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})
+        return np.asarray(out, dtype=np.float32)
+
+
+def resolve_device(device: str = "auto") -> Any:
+    """``auto`` -> the first CUDA device when there is one, else the CPU; else ``torch.device(device)``."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise AstroError(f"unknown device '{device}'; use auto, cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise AstroError(f"device '{device}' requested but CUDA is not available; use --device cpu")
+    return resolved
+
+
+def load_runner(path: str | Path, device: str = "auto") -> Runner:
+    """Open an astro checkpoint (``.safetensors``) or exported ``.onnx`` model for inference.
+
+    Raises:
+        CheckpointError: missing file, not safetensors/ONNX, truncated, not an astro model,
+            or weights that do not fit the named architecture (one line each).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"model file '{path}' does not exist")
+    if path.suffix.lower() == ".onnx":
+        return _load_onnx(path)
+    return _load_torch(path, device)
+
+
+def _load_torch(path: Path, device: str) -> TorchRunner:
+    from astrocli.checkpoint import load_model_from_checkpoint
+
+    resolved = resolve_device(device)
+    try:
+        model, meta = load_model_from_checkpoint(path, device=resolved)
+    except AstroError:
+        raise
+    except (ValueError, KeyError, TypeError) as exc:  # e.g. an architecture name this version lacks
+        raise CheckpointError(f"{path}: cannot build the model it names ({exc})") from None
+    return TorchRunner(model, meta, path, resolved)
+
+
+def _load_onnx(path: Path) -> OnnxRunner:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise AstroError("running .onnx models needs onnxruntime: pip install 'astrocli[export]'") from None
+    try:
+        session = ort.InferenceSession(str(path), providers=_onnx_providers(ort))
+    except Exception as exc:  # onnxruntime raises its own Fail / InvalidProtobuf types
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"'{path}' is not a loadable ONNX model ({first[:200]})") from None
+    props = session.get_modelmeta().custom_metadata_map
+    if not props.get("format"):
+        raise CheckpointError(
+            f"'{path}' has no astro metadata (labels, image size, normalisation); "
+            "export it with `astro export CHECKPOINT --format onnx`"
+        )
+    meta = CheckpointMeta.from_metadata(props, source=str(path))
+    return OnnxRunner(session, meta, path)
+
+
+def _onnx_providers(ort: Any) -> list[str]:
+    """CUDA when this onnxruntime build has it, always with the CPU as the fallback."""
+    available = ort.get_available_providers()
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
