@@ -28,11 +28,12 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from astrocli.errors import CheckpointError
+
+if TYPE_CHECKING:  # annotations only: CheckpointMeta and atomic writes must work without torch (ONNX predict)
+    import torch
 
 FORMAT = "astro-checkpoint/1"
 

@@ -12,7 +12,7 @@ import sys
 import typer
 from rich.console import Console
 
-from astrocli import __version__
+from astrocli import __version__, is_missing_pytorch
 from astrocli.errors import AstroError
 
 app = typer.Typer(
@@ -23,6 +23,11 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
+)
+
+PYTORCH_NEEDED = (
+    "this command needs PyTorch, and '{missing}' is not installed: pip install torch torchvision timm "
+    "(only `astro predict --checkpoint MODEL.onnx` runs without PyTorch)"
 )
 
 # Order here is the order in `astro --help`.
@@ -79,6 +84,14 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("[bold red]interrupted[/]")
         sys.exit(130)
+    except ModuleNotFoundError as exc:
+        # An ONNX-only install has no torch/torchvision/timm; commands import them lazily, so the
+        # first one that needs them lands here: one line saying what to install, not a traceback.
+        if not is_missing_pytorch(exc):
+            raise
+        message = PYTORCH_NEEDED.format(missing=exc.name)
+        err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+        sys.exit(2)
     except Exception as exc:  # click usage errors and the like
         import click
 

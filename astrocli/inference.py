@@ -3,20 +3,21 @@
 ``astro eval`` and ``astro predict`` accept an astro checkpoint (``.safetensors``) or an
 exported ``.onnx`` file. :func:`load_runner` opens either and returns a :class:`Runner`:
 the model's :class:`~astrocli.checkpoint.CheckpointMeta` (labels, image size, normalisation),
-its evaluation transform, and ``logits(batch)``.
+its evaluation transform, ``stack(items)`` and ``logits(batch)``.
 
 An exported ONNX file carries the same metadata as the checkpoint (``metadata_props`` hold
 the :meth:`CheckpointMeta.to_metadata` strings), so it runs through onnxruntime alone, with
-no PyTorch model built.
+no PyTorch model built; its transform is :class:`astrocli.imaging.EvalPreprocess` (numpy + Pillow),
+so the ONNX path imports neither torch nor torchvision.
 
     runner = load_runner("runs/galaxy10/best.safetensors")
-    batch = torch.stack([runner.transform(img) for img in images])
+    batch = runner.stack([runner.transform(img) for img in images])
     probs = softmax(runner.logits(batch))
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,15 +53,21 @@ class Runner:
 
     @property
     def transform(self) -> Callable[[Any], Any]:
-        """The checkpoint's evaluation transform: PIL image -> normalised float tensor ``[C, H, W]``."""
+        """The checkpoint's evaluation transform: PIL image -> normalised float ``[C, H, W]``."""
         if self._transform is None:
-            from astrocli.data import build_eval_transform
-
-            m = self.meta
-            self._transform = build_eval_transform(
-                m.img_size, m.crop_pct, m.interpolation, m.mean, m.std, m.in_chans
-            )
+            self._transform = self._build_transform()
         return self._transform
+
+    def _build_transform(self) -> Callable[[Any], Any]:
+        """numpy + Pillow preprocessing (float32 arrays); needs no PyTorch."""
+        from astrocli.imaging import EvalPreprocess
+
+        m = self.meta
+        return EvalPreprocess(m.img_size, m.crop_pct, m.interpolation, m.mean, m.std, m.in_chans)
+
+    def stack(self, items: Sequence[Any]) -> Any:
+        """Stack transformed images into the batch :meth:`logits` takes."""
+        return np.stack(items)
 
     def logits(self, batch: Any) -> np.ndarray:
         """Logits ``[B, num_classes]`` (float32 numpy) for a normalised batch ``[B, C, H, W]``."""
@@ -81,6 +88,19 @@ class TorchRunner(Runner):
         super().__init__(meta, source)
         self.model = model
         self.device = device
+
+    def _build_transform(self) -> Callable[[Any], Any]:
+        """timm/torchvision's eval transform (torch tensors), the one the model was validated with."""
+        from astrocli.data import build_eval_transform
+
+        m = self.meta
+        return build_eval_transform(m.img_size, m.crop_pct, m.interpolation, m.mean, m.std, m.in_chans)
+
+    def stack(self, items: Sequence[Any]) -> Any:
+        """Stack transformed images (tensors) into one batch tensor."""
+        import torch
+
+        return torch.stack([torch.as_tensor(item) for item in items])
 
     def logits(self, batch: Any) -> np.ndarray:
         import torch
@@ -140,8 +160,15 @@ def load_runner(path: str | Path, device: str = "auto") -> Runner:
 
 
 def _load_torch(path: Path, device: str) -> TorchRunner:
+    from astrocli import HAS_PYTORCH
     from astrocli.checkpoint import load_model_from_checkpoint
 
+    if not HAS_PYTORCH:
+        raise AstroError(
+            f"'{path}' is a PyTorch checkpoint and PyTorch is not installed here: pip install torch "
+            "torchvision timm, or export it with `astro export CHECKPOINT --format onnx` and predict "
+            "with the .onnx file"
+        )
     resolved = resolve_device(device)
     try:
         model, meta = load_model_from_checkpoint(path, device=resolved)

@@ -1,7 +1,8 @@
 """Predict labels for image files: ``astro predict``.
 
 Inputs are files, directories (walked for images) or glob patterns (expanded here, for shells
-that do not). Each image goes through the model's own evaluation transform; a file that cannot
+that do not). Each image goes through the model's own evaluation transform (for ``.onnx`` models
+numpy + Pillow only, so predicting needs no PyTorch); a file that cannot
 be read becomes an error row and the rest are still predicted.
 
     runner = load_runner("runs/galaxy10/best.safetensors")
@@ -25,6 +26,7 @@ import numpy as np
 
 from astrocli.checkpoint import atomic_write_text
 from astrocli.errors import AstroError
+from astrocli.imaging import convert_image, image_mode, is_image_file
 from astrocli.inference import Runner
 from astrocli.metrics import softmax
 
@@ -50,8 +52,6 @@ class Inputs:
 
 def is_predictable(path: Path) -> bool:
     """Whether a file found while walking a directory looks like an image (FITS included)."""
-    from astrocli.data.base import is_image_file
-
     name = path.name.lower()
     return is_image_file(path) or name.endswith(FITS_EXTENSIONS)
 
@@ -153,8 +153,6 @@ def load_image(path: Path, in_chans: int) -> Any:
     """
     from PIL import Image
 
-    from astrocli.data.base import convert_image, image_mode
-
     if path.name.lower().endswith(FITS_EXTENSIONS):
         img = load_fits(path)
     else:
@@ -185,8 +183,6 @@ def predict_files(
         batch_size: images per forward pass.
         on_batch: called with the number of files processed after each batch (progress bars).
     """
-    import torch
-
     if top_k < 1:
         raise AstroError(f"--top-k must be at least 1, got {top_k}")
     names = runner.class_names
@@ -206,7 +202,7 @@ def predict_files(
             except Exception as exc:  # PIL / astropy / OS errors: this file only
                 row["error"] = _error_reason(exc)
         if tensors:
-            probs = softmax(runner.logits(torch.stack(tensors)))
+            probs = softmax(runner.logits(runner.stack(tensors)))
             for row, p in zip(ok_rows, probs, strict=True):
                 row.update(_prediction(p, names, k))
         if on_batch is not None:

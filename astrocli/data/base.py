@@ -11,50 +11,22 @@ Both yield ``(PIL.Image, int)`` in mode ``RGB`` (or ``L`` when ``in_chans == 1``
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+# Defined in the torch-free astrocli.imaging (ONNX predict runs without torch); re-exported here.
+from astrocli.imaging import IMAGE_EXTENSIONS as IMAGE_EXTENSIONS
+from astrocli.imaging import convert_image as convert_image
+from astrocli.imaging import image_mode as image_mode
+from astrocli.imaging import is_image_file as is_image_file
+
 # PIL's ITU-R 601-2 luma weights, so array and PIL conversions to grayscale agree.
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-
-
-def image_mode(in_chans: int) -> str:
-    """The PIL mode datasets yield for ``in_chans`` channels (1: ``L``, 3: ``RGB``)."""
-    if in_chans == 1:
-        return "L"
-    if in_chans == 3:
-        return "RGB"
-    raise ValueError(f"in_chans must be 1 or 3 for image data, got {in_chans}")
-
-
-def convert_image(img: Image.Image, mode: str) -> Image.Image:
-    """Convert any PIL image (grayscale, palette, RGBA, 16-bit, float) to ``mode`` (``RGB`` or ``L``).
-
-    Transparent pixels are composited over black: astronomical images have a dark sky, and
-    PIL's plain ``convert("RGB")`` would expose whatever colour hides under alpha 0.
-    """
-    if img.mode == mode:
-        return img
-    if img.mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        # PIL clips wide integer/float images to 0..255 when converting; rescale by the range instead.
-        array = np.asarray(img, dtype=np.float32)
-        lo, hi = float(array.min()), float(array.max())
-        scaled = (array - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(array)
-        img = Image.fromarray(scaled.round().astype(np.uint8), mode="L")
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-        img = Image.alpha_composite(background, rgba)
-    return img.convert(mode)
 
 
 def convert_array_channels(array: np.ndarray, in_chans: int) -> np.ndarray:
@@ -165,13 +137,3 @@ class ArrayImageDataset(Dataset):
         return ArrayImageDataset(
             self.store, self.indices[positions], [self.targets[i] for i in positions], self.in_chans
         )
-
-
-def is_image_file(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` has an image extension PIL reads."""
-    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
-
-
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
-)
