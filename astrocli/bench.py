@@ -1,0 +1,526 @@
+"""Model benchmarking: parameters, MACs, throughput, and scaling curves from finished runs.
+
+Library behind ``astro bench``. Conventions:
+
+* **MACs** are multiply-accumulates for ONE image; **FLOPs = 2 x MACs**. They are counted with
+  :class:`torch.utils.flop_counter.FlopCounterMode` (matmuls, convolutions and attention
+  products; norms, activations and softmax are not counted, as in the papers' tables).
+* Throughput is images per second: warm-up steps first, then the median of timed repeats, with
+  the device synchronised around every timed step. A training step is forward, cross-entropy,
+  backward and an AdamW step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import math
+import statistics
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+# ---------------------------------------------------------------------------------------------
+# Parameters and MACs
+# ---------------------------------------------------------------------------------------------
+
+
+def count_params(model: nn.Module) -> tuple[int, int]:
+    """Return ``(total, trainable)`` parameter counts; works on the meta device (no memory used)."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return total, trainable
+
+
+def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of the CPU flash-attention kernel: the same two products as every other SDPA kernel."""
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def _sdpa_flop_formulas() -> dict[Any, Callable[..., int]]:
+    """Formulas for SDPA kernels that ``flop_counter`` leaves out on some torch versions.
+
+    Why by hand: torch 2.x registers formulas for the CUDA flash / efficient / cuDNN kernels only,
+    so on CPU ``scaled_dot_product_attention`` dispatches to ``_scaled_dot_product_flash_attention_for_cpu``
+    and is counted as 0 FLOPs (checked on torch 2.14.1). Only kernels that exist in the running torch
+    are added, so this is a no-op where torch already counts them.
+    """
+    formulas: dict[Any, Callable[..., int]] = {}
+    kernels = (
+        "_scaled_dot_product_flash_attention_for_cpu",
+        "_scaled_dot_product_fused_attention_overrideable",
+    )
+    for op_name in kernels:
+        op = getattr(torch.ops.aten, op_name, None)
+        if op is not None:
+            formulas[op] = _cpu_sdpa_flops
+    return formulas
+
+
+@contextlib.contextmanager
+def explicit_attention(model: nn.Module) -> Iterator[None]:
+    """Temporarily switch every attention module (``fused_attn`` flag, as timm and the zoo use) to the
+    explicit softmax path, whose plain matmuls every torch counts; restores the flags afterwards."""
+    saved = [(module, module.fused_attn) for module in model.modules() if hasattr(module, "fused_attn")]
+    try:
+        for module, _ in saved:
+            module.fused_attn = False
+        yield
+    finally:
+        for module, flag in saved:
+            module.fused_attn = flag
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    first = next(model.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+def count_flops(model: nn.Module, img_size: int, in_chans: int = 3, fused: bool = False) -> int:
+    """FLOPs of one forward pass on one ``in_chans x img_size x img_size`` image (eval mode, no grad).
+
+    Runs on the model's own device; a model built on ``meta`` is counted without computing anything.
+    ``fused=False`` counts the explicit attention path (the default and most robust); ``fused=True``
+    counts the model as it is (SDPA kernels), for cross-checking.
+    """
+    device = _model_device(model)
+    image = torch.zeros(1, in_chans, img_size, img_size, device=device)
+    was_training = model.training
+    model.eval()
+    counter = FlopCounterMode(display=False, custom_mapping=_sdpa_flop_formulas())
+    switch = contextlib.nullcontext() if fused else explicit_attention(model)
+    try:
+        with switch, torch.no_grad(), counter:
+            model(image)
+    finally:
+        model.train(was_training)
+    return int(counter.get_total_flops())
+
+
+def count_macs(model: nn.Module, img_size: int, in_chans: int = 3) -> int:
+    """Multiply-accumulates for ONE image, attention products included (FLOPs = 2 x MACs)."""
+    return count_flops(model, img_size, in_chans) // 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Throughput
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Throughput:
+    """Measured speed. ``peak_mem_mb`` is CUDA max-allocated memory on a GPU, the peak resident-set
+    growth of this process on CPU (``peak_mem_kind`` says which; None where neither can be read)."""
+
+    infer_img_s: float | None
+    train_img_s: float | None
+    peak_mem_mb: float | None
+    peak_mem_kind: str | None
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_steps(step: Callable[[], None], device: torch.device, warmup: int, repeats: int) -> float:
+    """Run ``step`` ``warmup`` times untimed, then ``repeats`` times timed; return the median seconds."""
+    for _ in range(warmup):
+        step()
+    _synchronize(device)
+    durations = []
+    for _ in range(max(1, repeats)):
+        start = time.perf_counter()
+        step()
+        _synchronize(device)
+        durations.append(time.perf_counter() - start)
+    return statistics.median(durations)
+
+
+class _PeakMemory:
+    """Peak memory over a block: CUDA max allocated, or on Linux CPU the resident-set high-water mark
+    (reset through ``/proc/self/clear_refs``) minus the resident set at the start."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.kind: str | None = None
+        self.peak_mb: float | None = None
+        self._start_kb = 0
+
+    @staticmethod
+    def _status_kb(field: str) -> int:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+        raise OSError(f"{field} not in /proc/self/status")
+
+    def __enter__(self) -> _PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.kind = "cuda_max_allocated"
+            return self
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+            self._start_kb = self._status_kb("VmRSS")
+            self.kind = "cpu_rss_peak_delta"
+        except OSError:
+            self.kind = None  # not Linux, or not allowed: report null rather than a wrong number
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.kind == "cuda_max_allocated":
+            self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+        elif self.kind == "cpu_rss_peak_delta":
+            self.peak_mb = max(0, self._status_kb("VmHWM") - self._start_kb) / 1024
+
+
+def training_step_fn(model: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> Callable[[], None]:
+    """A closure doing one training step (forward, cross-entropy, backward, AdamW step) on fixed data."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(images), targets)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def measure_throughput(
+    model: nn.Module,
+    img_size: int,
+    in_chans: int = 3,
+    batch_size: int = 32,
+    device: str | torch.device = "cpu",
+    warmup: int = 3,
+    repeats: int = 10,
+    inference: bool = True,
+    training: bool = True,
+) -> Throughput:
+    """Inference and training images/s of ``model`` on random images (median of ``repeats``).
+
+    The model is moved to ``device``; training updates its weights (benchmark a throw-away copy).
+    Peak memory covers both measurements.
+    """
+    device = torch.device(device)
+    model.to(device)
+    images = torch.randn(batch_size, in_chans, img_size, img_size, device=device)
+    infer_img_s = train_img_s = None
+    with _PeakMemory(device) as memory:
+        if inference:
+            model.eval()
+
+            def infer() -> None:
+                with torch.inference_mode():
+                    model(images)
+
+            infer_img_s = batch_size / time_steps(infer, device, warmup, repeats)
+        if training:
+            model.eval()  # eval: a batch of one would break BatchNorm1d in train mode
+            with torch.no_grad():
+                num_classes = model(images[:1]).shape[-1]
+            model.train()
+            targets = torch.randint(0, num_classes, (batch_size,), device=device)
+            step = training_step_fn(model, images, targets)
+            train_img_s = batch_size / time_steps(step, device, warmup, repeats)
+    return Throughput(infer_img_s, train_img_s, memory.peak_mb, memory.kind)
+
+
+# ---------------------------------------------------------------------------------------------
+# Finished runs and scaling curves
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunResult:
+    """One finished training run, as ``astro bench --runs`` reports it."""
+
+    run: str
+    model: str
+    family: str
+    img_size: int
+    num_classes: int
+    best_top1: float
+    params: int | None = None
+    macs: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (adds ``flops`` = 2 x MACs)."""
+        row = asdict(self)
+        row["flops"] = None if self.macs is None else 2 * self.macs
+        return row
+
+
+def _best_top1(run_dir: Path, summary: dict[str, Any]) -> float | None:
+    """Best validation top-1 of a run: ``summary.json`` if it says, else the max of ``metrics.csv``."""
+    if summary.get("best_top1") is not None:
+        return float(summary["best_top1"])
+    metrics = run_dir / "metrics.csv"
+    if not metrics.is_file():
+        return None
+    with metrics.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    values = [float(row["val_top1"]) for row in rows if row.get("val_top1") not in (None, "")]
+    finite = [v for v in values if math.isfinite(v)]
+    return max(finite) if finite else None
+
+
+def _num_classes(run_dir: Path, summary: dict[str, Any]) -> int:
+    if summary.get("num_classes"):
+        return int(summary["num_classes"])
+    split = run_dir / "split.json"
+    if split.is_file():
+        names = json.loads(split.read_text()).get("class_names") or []
+        if names:
+            return len(names)
+    return 10
+
+
+def _read_run(run_dir: Path) -> RunResult | None:
+    """A run directory as a RunResult; None when it is not finished (no summary or no top-1)."""
+    import yaml
+
+    from astrocli.errors import AstroError
+
+    summary_path, recipe_path = run_dir / "summary.json", run_dir / "recipe.yaml"
+    if not (summary_path.is_file() and recipe_path.is_file()):
+        return None
+    try:
+        summary = json.loads(summary_path.read_text())
+        recipe = yaml.safe_load(recipe_path.read_text()) or {}
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise AstroError(
+            f"run '{run_dir}': unreadable summary.json or recipe.yaml ({exc}); fix or remove that run"
+        ) from None
+    top1 = _best_top1(run_dir, summary)
+    if top1 is None:
+        return None
+    model_name = (recipe.get("model") or {}).get("name") or summary.get("model")
+    img_size = int((recipe.get("data") or {}).get("img_size", 32))
+    return RunResult(
+        run=str(run_dir),
+        model=str(model_name),
+        family=model_family(str(model_name)),
+        img_size=img_size,
+        num_classes=_num_classes(run_dir, summary),
+        best_top1=top1,
+    )
+
+
+def read_runs(directory: str | Path, with_cost: bool = True) -> list[RunResult]:
+    """Every finished run under ``directory`` (searched recursively for ``summary.json``).
+
+    With ``with_cost``, params and MACs are computed from the model name and image size in the
+    run's ``recipe.yaml`` (the model is built on ``meta``: no weights are read).
+    """
+    from astrocli.errors import AstroError
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise AstroError(f"runs directory '{directory}' does not exist; pass the output.dir of `astro train`")
+    runs = []
+    for summary in sorted(directory.rglob("summary.json")):
+        result = _read_run(summary.parent)
+        if result is None:
+            continue
+        if with_cost:
+            try:
+                cost = params_and_macs(result.model, result.img_size, result.num_classes)
+                result.params, result.macs = cost
+            except AstroError:  # a model the zoo no longer builds: still listed, just not on the curves
+                result.params = result.macs = None
+        runs.append(result)
+    return runs
+
+
+def plot_scaling(runs: Sequence[RunResult], path: str | Path) -> Path:
+    """Draw top-1 against params and against MACs (log x), one line per model family; save a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import EngFormatter, NullFormatter
+
+    path = Path(path)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    families = sorted({run.family for run in runs})
+    for axis, attribute, label in ((axes[0], "params", "parameters"), (axes[1], "macs", "MACs per image")):
+        for family in families:
+            points = sorted(
+                (getattr(run, attribute), run.best_top1)
+                for run in runs
+                if run.family == family and getattr(run, attribute)
+            )
+            if points:
+                xs, ys = zip(*points, strict=True)
+                axis.plot(xs, ys, marker="o", label=family)
+        axis.set_xscale("log")
+        # 300k / 1M / 3G instead of crowded 3x10^5 minor labels
+        axis.xaxis.set_major_formatter(EngFormatter())
+        axis.xaxis.set_minor_formatter(NullFormatter())
+        axis.set_xlabel(label)
+        axis.set_ylabel("best top-1 (%)")
+        axis.grid(True, which="both", alpha=0.3)
+    axes[0].legend(title="family")
+    fig.suptitle("Top-1 against model size")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Models by name
+# ---------------------------------------------------------------------------------------------
+
+
+def model_family(name: str) -> str:
+    """The zoo's family for ``name`` (``timm`` for ``timm/<name>``; the name's stem if unknown)."""
+    from astrocli.errors import AstroError
+    from astrocli.models import get_model_info
+
+    try:
+        return str(get_model_info(name).family)
+    except AstroError:  # a run of a model the zoo no longer has still gets a readable family
+        return name.split("_")[0]
+
+
+def check_model_name(name: str) -> None:
+    """Raise the zoo's one-line error (an AstroError with close matches) for an unknown name."""
+    from astrocli.models import get_model_info
+
+    get_model_info(name)
+
+
+def default_img_size(name: str) -> int:
+    """The model's default input size."""
+    from astrocli.models import get_model_info
+
+    return int(get_model_info(name).default_img_size)
+
+
+def build_model(
+    name: str, num_classes: int, img_size: int, in_chans: int = 3, device: str | torch.device = "cpu"
+) -> nn.Module:
+    """Build a zoo (or ``timm/<name>``) model directly on ``device`` (``meta`` allocates nothing)."""
+    from astrocli.models import create_model
+
+    with torch.device(device):
+        return create_model(name, num_classes=num_classes, img_size=img_size, in_chans=in_chans)
+
+
+def params_and_macs(
+    name: str, img_size: int, num_classes: int = 10, in_chans: int = 3
+) -> tuple[int, int | None]:
+    """Parameter count and MACs of a named model, built on ``meta`` (no memory, no compute).
+
+    If the model cannot run its forward on ``meta``, MACs are counted on a real CPU copy when it
+    fits in memory, and are None otherwise.
+    """
+    model = build_model(name, num_classes, img_size, in_chans, device="meta")
+    params, _ = count_params(model)
+    try:
+        return params, count_macs(model, img_size, in_chans)
+    except (NotImplementedError, RuntimeError):
+        if not fits_in_memory(params, torch.device("cpu"), copies=2):
+            return params, None
+        model = build_model(name, num_classes, img_size, in_chans, device="cpu")
+        return params, count_macs(model, img_size, in_chans)
+
+
+def available_memory_bytes(device: torch.device) -> int | None:
+    """Free memory on ``device`` (CUDA free memory, or Linux MemAvailable); None if unknown."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def fits_in_memory(params: int, device: torch.device, copies: int) -> bool:
+    """Whether ``copies`` float32 copies of ``params`` weights fit in half the free memory.
+
+    A training step holds about 4 copies (weights, gradients, two AdamW moments) plus activations.
+    """
+    free = available_memory_bytes(device)
+    return free is None or params * 4 * copies < free // 2
+
+
+BENCH_FIELDS = (
+    "model",
+    "img_size",
+    "in_chans",
+    "num_classes",
+    "params",
+    "trainable_params",
+    "macs",
+    "flops",
+    "infer_img_s",
+    "train_img_s",
+    "batch_size",
+    "device",
+    "peak_mem_mb",
+    "peak_mem_kind",
+    "note",
+)
+
+
+def bench_model(
+    name: str,
+    img_size: int | None = None,
+    num_classes: int = 10,
+    in_chans: int = 3,
+    params: bool = True,
+    flops: bool = True,
+    throughput: bool = True,
+    batch_size: int = 32,
+    device: str | torch.device = "cpu",
+    warmup: int = 3,
+    repeats: int = 10,
+) -> dict[str, Any]:
+    """Benchmark one named model; returns a row with every key of :data:`BENCH_FIELDS`.
+
+    Params and MACs come from a ``meta`` build (so any model size is fine); throughput builds the
+    model on ``device`` and is skipped, with a ``note``, when the model cannot fit there.
+    Values not measured are None.
+    """
+    check_model_name(name)
+    img_size = int(img_size or default_img_size(name))
+    device = torch.device(device)
+    row: dict[str, Any] = dict.fromkeys(BENCH_FIELDS)
+    row.update(model=name, img_size=img_size, in_chans=in_chans, num_classes=num_classes)
+    notes = []
+    meta_model = build_model(name, num_classes, img_size, in_chans, device="meta")
+    total, trainable = count_params(meta_model)
+    if params:
+        row.update(params=total, trainable_params=trainable)
+    if flops:
+        _, macs = params_and_macs(name, img_size, num_classes, in_chans)
+        row.update(macs=macs, flops=None if macs is None else 2 * macs)
+        if macs is None:
+            notes.append("MACs not counted: the model does not fit in memory")
+    if throughput:
+        if fits_in_memory(total, device, copies=4):
+            model = build_model(name, num_classes, img_size, in_chans, device=device)
+            speed = measure_throughput(model, img_size, in_chans, batch_size, device, warmup, repeats)
+            row.update(asdict(speed), batch_size=batch_size, device=str(device))
+            if speed.peak_mem_kind is None:
+                notes.append("peak memory unavailable on this platform")
+        else:
+            notes.append(f"throughput skipped: {total / 1e6:.0f}M parameters do not fit on {device}")
+    row["note"] = "; ".join(notes) or None
+    return row

@@ -1,0 +1,193 @@
+"""``astro bench``: parameters, MACs/FLOPs and throughput of zoo models, and scaling curves of runs."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from astrocli.errors import AstroError
+
+
+class OutputFormat(str, Enum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+class Device(str, Enum):
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+# Table columns: (row key, header, formatter)
+_MODEL_COLUMNS = (
+    ("model", "model", str),
+    ("img_size", "img", str),
+    ("params", "params (M)", lambda v: f"{v / 1e6:.3f}"),
+    ("trainable_params", "trainable (M)", lambda v: f"{v / 1e6:.3f}"),
+    ("macs", "MACs (G)", lambda v: f"{v / 1e9:.3f}"),
+    ("flops", "FLOPs (G) = 2xMACs", lambda v: f"{v / 1e9:.3f}"),
+    ("infer_img_s", "infer img/s", lambda v: f"{v:.1f}"),
+    ("train_img_s", "train img/s", lambda v: f"{v:.1f}"),
+    ("peak_mem_mb", "peak mem (MB)", lambda v: f"{v:.0f}"),
+    ("note", "note", str),
+)
+_RUN_COLUMNS = (
+    ("run", "run", str),
+    ("model", "model", str),
+    ("family", "family", str),
+    ("img_size", "img", str),
+    ("best_top1", "best top-1 (%)", lambda v: f"{v:.2f}"),
+    ("params", "params (M)", lambda v: f"{v / 1e6:.3f}"),
+    ("macs", "MACs (G)", lambda v: f"{v / 1e9:.3f}"),
+)
+
+
+def _render_table(rows: list[dict[str, Any]], columns: tuple, title: str) -> str:
+    """Rows as a rich table, rendered to text (so it can go to stdout or a file alike)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    shown = [c for c in columns if any(row.get(c[0]) is not None for row in rows)]
+    table = Table(title=title)
+    for key, header, _ in shown:
+        table.add_column(header, justify="left" if key in ("model", "run", "family", "note") else "right")
+    for row in rows:
+        table.add_row(*("-" if row.get(key) is None else fmt(row[key]) for key, _, fmt in shown))
+    buffer = io.StringIO()
+    Console(file=buffer, width=200, force_terminal=False).print(table)
+    return buffer.getvalue()
+
+
+def _render(rows: list[dict[str, Any]], fmt: OutputFormat, columns: tuple, title: str) -> str:
+    if fmt is OutputFormat.json:
+        return json.dumps(rows, indent=2) + "\n"
+    if fmt is OutputFormat.csv:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else [c[0] for c in columns])
+        writer.writeheader()
+        writer.writerows(rows)
+        return buffer.getvalue()
+    return _render_table(rows, columns, title)
+
+
+def _emit(text: str, output: Path | None) -> None:
+    """Print ``text``, and write it atomically to ``output`` when given."""
+    from astrocli.checkpoint import atomic_write_text
+
+    typer.echo(text, nl=False)
+    if output is not None:
+        atomic_write_text(output, text)
+
+
+def _bench_runs(runs_dir: Path, plot: Path | None, fmt: OutputFormat, output: Path | None) -> None:
+    from rich.console import Console
+
+    from astrocli.bench import plot_scaling, read_runs
+
+    runs = read_runs(runs_dir)
+    if not runs:
+        raise AstroError(f"no finished runs under '{runs_dir}' (a run needs summary.json and recipe.yaml)")
+    if plot is not None:
+        plot_scaling(runs, plot)
+        Console(stderr=True).print(f"scaling plot written to {plot}", highlight=False)
+    rows = [run.to_dict() for run in runs]
+    _emit(_render(rows, fmt, _RUN_COLUMNS, f"{len(rows)} finished runs"), output)
+
+
+def _resolve_device(device: Device) -> str:
+    import torch
+
+    if device is Device.cuda and not torch.cuda.is_available():
+        raise AstroError("--device cuda was asked for but torch sees no CUDA GPU; use --device cpu")
+    return device.value
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``astro bench`` to the CLI."""
+
+    @app.command("bench")
+    def bench(
+        models: list[str] = typer.Argument(None, help="Zoo names (see `astro models`) or timm/<name>."),
+        all_models: bool = typer.Option(
+            False, "--all", help="Bench every zoo model (params and MACs only unless asked)."
+        ),
+        params: bool = typer.Option(False, "--params", help="Report total and trainable parameters."),
+        flops: bool = typer.Option(
+            False, "--flops", help="Report MACs and FLOPs (= 2 x MACs) for one image."
+        ),
+        throughput: bool = typer.Option(
+            False, "--throughput", help="Measure inference/training img/s and peak memory."
+        ),
+        img_size: int = typer.Option(
+            None, "--img-size", min=1, help="Input size (default: each model's own)."
+        ),
+        batch_size: int = typer.Option(32, "--batch-size", min=1, help="Batch size for throughput."),
+        num_classes: int = typer.Option(10, "--num-classes", min=1, help="Classifier outputs."),
+        in_chans: int = typer.Option(3, "--in-chans", min=1, help="Input channels (1 for grayscale)."),
+        device: Device = typer.Option(Device.cpu, "--device", help="Device for throughput."),
+        warmup: int = typer.Option(3, "--warmup", min=0, help="Untimed warm-up steps before timing."),
+        repeats: int = typer.Option(10, "--repeats", min=1, help="Timed steps; the median is reported."),
+        fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", help="Output format."),
+        output: Path = typer.Option(
+            None, "--output", help="Also write the output to this file (atomically)."
+        ),
+        runs: Path = typer.Option(None, "--runs", help="Report finished training runs under this directory."),
+        plot: Path = typer.Option(
+            None, "--plot", help="With --runs: save top-1 vs params/MACs curves as PNG."
+        ),
+    ) -> None:
+        """Parameters, MACs/FLOPs and throughput of models; or scaling curves of finished runs.
+
+        With none of --params/--flops/--throughput all three are reported (--all: params and MACs).
+        MACs are multiply-accumulates for one image with attention products included; FLOPs = 2 x MACs.
+        """
+        if plot is not None and runs is None:
+            raise AstroError("--plot needs --runs DIR (the finished runs to plot)")
+        if runs is not None:
+            if models or all_models:
+                raise AstroError("--runs reports finished runs; do not name models or --all with it")
+            _bench_runs(runs, plot, fmt, output)
+            return
+        from rich.console import Console
+
+        from astrocli import bench as lib
+        from astrocli.models import list_models
+
+        names = list(models or [])
+        if all_models:
+            names += [name for name in list_models() if name not in names]
+        if not names:
+            raise AstroError("name at least one model (see `astro models`), or pass --all or --runs DIR")
+        for name in names:
+            lib.check_model_name(name)
+        if not (params or flops or throughput):
+            params, flops, throughput = True, True, not all_models
+        run_device = _resolve_device(device)
+        status = Console(stderr=True)
+        rows = []
+        for name in names:
+            with status.status(f"benchmarking {name}"):
+                rows.append(
+                    lib.bench_model(
+                        name,
+                        img_size=img_size,
+                        num_classes=num_classes,
+                        in_chans=in_chans,
+                        params=params,
+                        flops=flops,
+                        throughput=throughput,
+                        batch_size=batch_size,
+                        device=run_device,
+                        warmup=warmup,
+                        repeats=repeats,
+                    )
+                )
+        title = f"MACs/FLOPs per image; throughput at batch {batch_size} on {run_device}"
+        _emit(_render(rows, fmt, _MODEL_COLUMNS, title), output)
