@@ -1,0 +1,69 @@
+"""``astro train --recipe FILE [KEY=VALUE ...]``: train a recipe; ``--resume RUN_DIR`` continues a run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def train_command(
+    overrides: list[str] = typer.Argument(
+        None, metavar="[KEY=VALUE]...", help="Recipe overrides, e.g. train.epochs=5 data.root=/data"
+    ),
+    recipe: str = typer.Option(
+        None, "--recipe", "-r", help="Recipe YAML file or shipped recipe name (see `astro recipes`)."
+    ),
+    print_recipe: bool = typer.Option(False, "--print-recipe", help="Print the resolved recipe and exit."),
+    resume: Path = typer.Option(
+        None, "--resume", help="Continue the interrupted run in RUN_DIR.", metavar="RUN_DIR"
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only warnings and the run directory."),
+    jsonl: bool = typer.Option(False, "--jsonl", help="Print one JSON object per event (for scripts)."),
+) -> None:
+    """Train a model from a recipe; prints the run directory at the end."""
+    from astrocli.errors import AstroError
+    from astrocli.recipe import load_recipe
+
+    if quiet and jsonl:
+        raise AstroError("choose one of --quiet and --jsonl")
+    if resume is None and recipe is None:
+        raise AstroError("give --recipe FILE (see `astro recipes`) or --resume RUN_DIR")
+    if resume is not None and recipe is not None:
+        raise AstroError(
+            "--resume continues a run with its own recipe; drop --recipe (KEY=VALUE still applies)"
+        )
+    log = "quiet" if quiet else "jsonl" if jsonl else None
+
+    if print_recipe:
+        if resume is not None:
+            from astrocli.recipe import apply_override, recipe_from_dict
+
+            raw = _resume_recipe_dict(resume)
+            for item in overrides or []:
+                apply_override(raw, item)
+            print(recipe_from_dict(raw).to_yaml(), end="")
+        else:
+            print(load_recipe(recipe, overrides or []).to_yaml(), end="")
+        return
+
+    from astrocli.engine import train
+
+    if resume is not None:
+        train(resume_dir=resume, overrides=overrides or [], log=log)
+    else:
+        train(load_recipe(recipe, overrides or []), log=log)
+
+
+def _resume_recipe_dict(run_dir: Path) -> dict:
+    from astrocli.engine.state import RESUME_FILE, load_resume_state
+    from astrocli.errors import AstroError
+
+    if not (run_dir / RESUME_FILE).is_file():
+        raise AstroError(f"'{run_dir}' has no {RESUME_FILE}; pass a run directory written by `astro train`")
+    return load_resume_state(run_dir / RESUME_FILE).recipe
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``astro train`` to the CLI."""
+    app.command("train", context_settings={"allow_interspersed_args": True})(train_command)

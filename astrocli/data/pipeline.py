@@ -1,0 +1,155 @@
+"""Choose how batches reach the model: the loader pipeline or the tensor pipeline (``data.pipeline``).
+
+- ``loader``: :class:`astrocli.data.loader.LoaderBatches` (DataLoader, PIL transforms in workers).
+- ``tensor``: :mod:`astrocli.data.tensor_pipeline` (decoded uint8 cache, batched augmentation on the
+  device), when that module is installed.
+- ``auto``: the tensor pipeline when the dataset fits in memory by its own judgement, else the loader.
+
+Both return a *batch source*: iterate for ``(images, targets)`` on the device; ``len()``,
+``set_epoch(epoch)``, ``num_samples``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import torch
+
+from astrocli.data.loader import LoaderBatches
+from astrocli.errors import AstroError
+from astrocli.recipe import Recipe
+
+
+def build_mixup(recipe: Recipe, num_classes: int) -> Any:
+    """timm's Mixup/CutMix (with label smoothing folded into its soft targets), or None when off."""
+    aug = recipe.augment
+    if aug.mixup <= 0 and aug.cutmix <= 0:
+        return None
+    from timm.data import Mixup
+
+    return Mixup(
+        mixup_alpha=aug.mixup,
+        cutmix_alpha=aug.cutmix,
+        prob=aug.mixup_prob,
+        switch_prob=aug.mixup_switch_prob,
+        mode="batch",
+        label_smoothing=aug.label_smoothing,
+        num_classes=num_classes,
+    )
+
+
+def _tensor_pipeline_module() -> Any:
+    """The tensor pipeline module, or None while it is not part of this install."""
+    try:
+        return importlib.import_module("astrocli.data.tensor_pipeline")
+    except ModuleNotFoundError as exc:
+        if exc.name == "astrocli.data.tensor_pipeline":
+            return None
+        raise
+
+
+def choose_pipeline(recipe: Recipe, dataset: Any) -> str:
+    """``loader`` or ``tensor`` for this recipe and dataset (resolving ``data.pipeline: auto``)."""
+    wanted = recipe.data.pipeline
+    module = _tensor_pipeline_module()
+    if wanted == "loader":
+        return "loader"
+    if wanted == "tensor":
+        if module is None:
+            raise AstroError(
+                "data.pipeline=tensor, but astrocli.data.tensor_pipeline is not installed; "
+                "use data.pipeline=loader"
+            )
+        return "tensor"
+    if module is not None and module.fits_in_memory(dataset, recipe):
+        return "tensor"
+    return "loader"
+
+
+def build_train_batches(
+    bundle: Any, recipe: Recipe, device: torch.device, rank: int = 0, world_size: int = 1
+) -> Any:
+    """The training batch source for ``bundle.train`` (shuffled, augmented, mixup on the device)."""
+    mixup = build_mixup(recipe, bundle.num_classes)
+    if choose_pipeline(recipe, bundle.train) == "tensor":
+        module = _tensor_pipeline_module()
+        return module.TensorBatches(
+            bundle.train,
+            recipe,
+            device,
+            train=True,
+            rank=rank,
+            world_size=world_size,
+            mean=bundle.mean,
+            std=bundle.std,
+            mixup=mixup,
+            num_classes=bundle.num_classes,
+        )
+    from astrocli.data import build_train_transform
+
+    return LoaderBatches(
+        bundle.train,
+        build_train_transform(recipe, mean=bundle.mean, std=bundle.std),
+        recipe.train.batch_size,
+        device,
+        train=True,
+        rank=rank,
+        world_size=world_size,
+        seed=recipe.train.seed,
+        num_workers=recipe.data.num_workers,
+        mixup=mixup,
+        mixup_off_epoch=recipe.augment.mixup_off_epoch,
+        channels_last=recipe.train.channels_last,
+    )
+
+
+def build_eval_batches(
+    dataset: Any,
+    recipe: Recipe,
+    device: torch.device,
+    rank: int = 0,
+    world_size: int = 1,
+    *,
+    mean: Any = None,
+    std: Any = None,
+) -> Any:
+    """The evaluation batch source: every image of ``dataset`` once across ranks, in order.
+
+    ``mean``/``std`` default to ``recipe.data.mean``/``std`` (pass the bundle's or the checkpoint's).
+    """
+    mean = mean if mean is not None else recipe.data.mean
+    std = std if std is not None else recipe.data.std
+    if mean is None or std is None:
+        raise AstroError("evaluation needs the normalisation mean/std: set data.mean and data.std")
+    if choose_pipeline(recipe, dataset) == "tensor":
+        module = _tensor_pipeline_module()
+        return module.TensorBatches(
+            dataset,
+            recipe,
+            device,
+            train=False,
+            rank=rank,
+            world_size=world_size,
+            mean=mean,
+            std=std,
+            mixup=None,
+        )
+    from astrocli.data import build_eval_transform
+
+    data = recipe.data
+    transform = build_eval_transform(
+        data.img_size, data.crop_pct, data.interpolation, mean, std, data.in_chans
+    )
+    return LoaderBatches(
+        dataset,
+        transform,
+        recipe.train.batch_size,
+        device,
+        train=False,
+        rank=rank,
+        world_size=world_size,
+        seed=recipe.train.seed,
+        num_workers=recipe.data.num_workers,
+        channels_last=recipe.train.channels_last,
+    )

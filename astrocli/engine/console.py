@@ -1,0 +1,171 @@
+"""What a person (or a script) sees while training.
+
+Three modes (``output.log``, or ``--quiet`` / ``--jsonl``):
+- ``rich``: a progress bar per epoch (loss, lr, images/s, ETA), a table of each epoch's metrics and a
+  final summary table;
+- ``quiet``: warnings and the run directory only;
+- ``jsonl``: one JSON object per line on stdout (``{"event": "epoch", ...}``) for scripts.
+Only rank 0 prints; the other ranks get a console that says nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+METRIC_COLUMNS = (
+    ("train_loss", "train loss", "{:.4f}"),
+    ("val_loss", "val loss", "{:.4f}"),
+    ("val_top1", "top-1 %", "{:.2f}"),
+    ("val_top5", "top-5 %", "{:.2f}"),
+    ("lr", "lr", "{:.2e}"),
+    ("img_per_s", "img/s", "{:.1f}"),
+    ("seconds", "s", "{:.1f}"),
+)
+
+
+def _fmt(fmt: str, value: Any) -> str:
+    return "-" if value is None or value == "" else fmt.format(value)
+
+
+class TrainConsole:
+    """Progress and results for one training run.
+
+    Args:
+        mode: ``rich``, ``quiet`` or ``jsonl``.
+        enabled: False on every rank but 0 (nothing is printed there).
+    """
+
+    def __init__(self, mode: str = "rich", enabled: bool = True) -> None:
+        self.mode = mode
+        self.enabled = enabled
+        self.out = Console(highlight=False)
+        self.err = Console(stderr=True, highlight=False)
+        self._progress: Progress | None = None
+        self._task: Any = None
+
+    # -- plain messages ---------------------------------------------------------------------------
+
+    def _jsonl(self, event: str, **fields: Any) -> None:
+        sys.stdout.write(json.dumps({"event": event, **fields}, default=str) + "\n")
+        sys.stdout.flush()
+
+    def info(self, text: str) -> None:
+        """A line of context (rich mode only; jsonl gets it as a ``message`` event)."""
+        if not self.enabled:
+            return
+        if self.mode == "rich":
+            self.out.print(text)
+        elif self.mode == "jsonl":
+            self._jsonl("message", text=text)
+
+    def warn(self, text: str) -> None:
+        """Something the user should know even in quiet mode (stderr)."""
+        if not self.enabled:
+            return
+        if self.mode == "jsonl":
+            self._jsonl("warning", text=text)
+        else:
+            self.err.print(f"[yellow]warning:[/] {text}")
+
+    def start(self, info: dict[str, Any]) -> None:
+        """Announce the run: model, data, device, run directory."""
+        if not self.enabled:
+            return
+        if self.mode == "jsonl":
+            self._jsonl("start", **info)
+        elif self.mode == "rich":
+            table = Table(show_header=False, box=None, padding=(0, 1))
+            for key, value in info.items():
+                table.add_row(f"[bold]{key}[/]", str(value))
+            self.out.print(table)
+
+    # -- the per-epoch progress bar ---------------------------------------------------------------
+
+    def epoch_start(self, epoch: int, total_epochs: int, steps: int) -> None:
+        """Open the progress bar of epoch ``epoch`` (1-based) with ``steps`` batches."""
+        if not self.enabled or self.mode != "rich":
+            return
+        self._progress = Progress(
+            TextColumn(f"[bold]epoch {epoch}/{total_epochs}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}  {task.fields[speed]} img/s"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=self.out,
+            transient=True,
+        )
+        self._progress.start()
+        self._task = self._progress.add_task("train", total=steps, loss="-", lr="-", speed="-")
+
+    def step(self, done: int, loss: float | None, lr: float, img_per_s: float) -> None:
+        """Move the bar to ``done`` batches with the latest running loss, lr and throughput."""
+        if not self.enabled:
+            return
+        if self.mode == "rich" and self._progress is not None:
+            self._progress.update(
+                self._task,
+                completed=done,
+                loss="-" if loss is None else f"{loss:.4f}",
+                lr=f"{lr:.2e}",
+                speed=f"{img_per_s:.0f}",
+            )
+
+    def epoch_end(self, row: dict[str, Any], is_best: bool) -> None:
+        """Close the bar and show the epoch's metrics."""
+        if not self.enabled:
+            return
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+        if self.mode == "jsonl":
+            self._jsonl("epoch", **row, best=is_best)
+        elif self.mode == "rich":
+            table = Table(show_edge=False, header_style="bold")
+            table.add_column("epoch", justify="right")
+            for _, title, _ in METRIC_COLUMNS:
+                table.add_column(title, justify="right")
+            cells = [_fmt(fmt, row.get(key)) for key, _, fmt in METRIC_COLUMNS]
+            if is_best and row.get("val_top1") is not None:
+                cells[2] = f"[green]{cells[2]} *[/]"
+            table.add_row(str(row["epoch"]), *cells)
+            self.out.print(table)
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        """The final summary (best top-1, its epoch, time, run dir); quiet mode prints the run dir."""
+        if not self.enabled:
+            return
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+        if self.mode == "jsonl":
+            self._jsonl("summary", **summary)
+            return
+        if self.mode == "rich":
+            table = Table(title="training finished", show_header=False, title_style="bold")
+            table.add_row(
+                "best top-1",
+                f"{summary['best_top1']:.2f}% (epoch {summary['best_epoch']}, "
+                f"{summary['best_weights']} weights)",
+            )
+            table.add_row("final top-1", _fmt("{:.2f}%", summary.get("final_top1")))
+            table.add_row("epochs", str(summary["epochs"]))
+            table.add_row("time", f"{summary['total_seconds']:.1f} s")
+            table.add_row("images/s", _fmt("{:.1f}", summary.get("mean_img_per_s")))
+            table.add_row("run dir", summary["run_dir"])
+            self.out.print(table)
+        print(summary["run_dir"])

@@ -1,0 +1,218 @@
+"""Resume state (``RUN_DIR/resume.safetensors``): everything to continue a run, pickle-free, one atomic file.
+
+Tensors (safetensors):
+    model.<key>              the raw model's state dict
+    ema.<key>                the EMA model's state dict (when EMA is on)
+    optim.<index>.<key>      optimizer state per parameter index (``exp_avg``, ``step``, ...)
+    rng.torch, rng.cuda.<i>  torch RNG states (uint8, as torch returns them)
+    rng.numpy                numpy's MT19937 key (uint32 -> int64 tensor)
+Metadata (one JSON string under ``astro_resume``):
+    epoch, step_in_epoch, global_step, best_top1, best_epoch, scheduler state dict, optimizer
+    param_groups and non-tensor per-parameter state, GradScaler state, numpy RNG position, python
+    ``random`` state, recipe.
+
+``torch.save`` would pickle; this format cannot hold code, and a truncated file is detected by
+safetensors' header check rather than half-loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from astrocli.checkpoint import read_tensors, save_tensors
+from astrocli.errors import CheckpointError
+
+RESUME_FORMAT = "astro-resume/1"
+RESUME_FILE = "resume.safetensors"
+
+
+@dataclass
+class Progress:
+    """Where the run is: ``epoch`` epochs finished, plus ``step_in_epoch`` batches of the next one."""
+
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0  # optimizer updates so far (drives the per-update schedule and EMA warmup)
+    best_top1: float = -1.0
+    best_epoch: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# RNG states
+# ---------------------------------------------------------------------------------------------
+
+
+def capture_rng() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Every RNG the run draws from: torch (CPU and CUDA), numpy (timm Mixup) and python ``random``."""
+    tensors = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for index, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{index}"] = state
+    kind, key, pos, has_gauss, cached = np.random.get_state()
+    tensors["rng.numpy"] = torch.from_numpy(key.astype(np.int64))
+    py_version, py_state, py_gauss = random.getstate()
+    meta = {
+        "numpy": {"kind": kind, "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
+        "python": {"version": py_version, "state": list(py_state), "gauss": py_gauss},
+    }
+    return tensors, meta
+
+
+def restore_rng(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Put back the RNG states written by :func:`capture_rng`."""
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+    if cuda_states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda_states[: torch.cuda.device_count()])
+    np_meta = meta["numpy"]
+    key = tensors["rng.numpy"].numpy().astype(np.uint32)
+    np.random.set_state((np_meta["kind"], key, np_meta["pos"], np_meta["has_gauss"], np_meta["cached"]))
+    py = meta["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimizer state (flattened; torch's state_dict nests tensors and scalars per parameter index)
+# ---------------------------------------------------------------------------------------------
+
+
+def flatten_optimizer(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimizer state dict into ``optim.<index>.<key>`` tensors and JSON for the rest."""
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, per_param in state_dict["state"].items():
+        for key, value in per_param.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim.{index}.{key}"] = value
+            else:
+                scalars.setdefault(str(index), {})[key] = value
+    return tensors, {"param_groups": state_dict["param_groups"], "scalars": scalars}
+
+
+def unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    """Rebuild the optimizer state dict that :func:`flatten_optimizer` split."""
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        if not name.startswith("optim."):
+            continue
+        _, index, key = name.split(".", 2)
+        state.setdefault(int(index), {})[key] = value
+    for index, values in meta["scalars"].items():
+        state.setdefault(int(index), {}).update(values)
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+# ---------------------------------------------------------------------------------------------
+# The file
+# ---------------------------------------------------------------------------------------------
+
+
+def _prefixed(prefix: str, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {f"{prefix}.{k}": v for k, v in state_dict.items()}
+
+
+def _unprefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    start = len(prefix) + 1
+    return {k[start:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+
+
+def _json_default(value: Any) -> Any:
+    """Scheduler/optimizer dicts hold tuples, numpy scalars and tensors of one value; make them JSON."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    raise TypeError(f"cannot store {type(value).__name__} in resume metadata")
+
+
+def save_resume_state(
+    path: str | Path,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    progress: Progress,
+    recipe: dict[str, Any],
+    ema: torch.nn.Module | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+) -> None:
+    """Write the whole training state to ``path`` atomically (temp file + rename)."""
+    tensors: dict[str, torch.Tensor] = _prefixed("model", model.state_dict())
+    if ema is not None:
+        tensors.update(_prefixed("ema", ema.state_dict()))
+    optim_tensors, optim_meta = flatten_optimizer(optimizer.state_dict())
+    tensors.update(optim_tensors)
+    rng_tensors, rng_meta = capture_rng()
+    tensors.update(rng_tensors)
+    meta = {
+        "progress": progress.__dict__,
+        "scheduler": {k: v for k, v in scheduler.state_dict().items()},
+        "optimizer": optim_meta,
+        "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
+        "rng": rng_meta,
+        "recipe": recipe,
+    }
+    metadata = {"format": RESUME_FORMAT, "astro_resume": json.dumps(meta, default=_json_default)}
+    save_tensors(path, tensors, metadata)
+
+
+@dataclass
+class ResumeState:
+    """A loaded resume file, applied to freshly built objects with :meth:`apply`."""
+
+    tensors: dict[str, torch.Tensor]
+    meta: dict[str, Any]
+
+    @property
+    def progress(self) -> Progress:
+        """Epoch, step and best metric at the time of the save."""
+        return Progress(**self.meta["progress"])
+
+    @property
+    def recipe(self) -> dict[str, Any]:
+        """The resolved recipe the run was started with."""
+        return self.meta["recipe"]
+
+    def apply(
+        self,
+        *,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        ema: torch.nn.Module | None = None,
+        scaler: torch.amp.GradScaler | None = None,
+    ) -> None:
+        """Load every saved state into the given objects and restore the RNGs (call it last)."""
+        model.load_state_dict(_unprefixed("model", self.tensors), strict=True)
+        if ema is not None:
+            ema_state = _unprefixed("ema", self.tensors)
+            if not ema_state:
+                raise CheckpointError("resume state has no EMA weights but the recipe turns train.ema on")
+            ema.load_state_dict(ema_state, strict=True)
+        optimizer.load_state_dict(unflatten_optimizer(self.tensors, self.meta["optimizer"]))
+        scheduler.load_state_dict(self.meta["scheduler"])
+        if scaler is not None and self.meta.get("scaler"):
+            scaler.load_state_dict(self.meta["scaler"])
+        restore_rng(self.tensors, self.meta["rng"])
+
+
+def load_resume_state(path: str | Path) -> ResumeState:
+    """Read ``resume.safetensors``; a missing, damaged or foreign file raises CheckpointError."""
+    tensors, metadata = read_tensors(path)
+    if metadata.get("format") != RESUME_FORMAT or "astro_resume" not in metadata:
+        raise CheckpointError(f"'{path}' is not an astro resume state (no '{RESUME_FORMAT}' metadata)")
+    try:
+        meta = json.loads(metadata["astro_resume"])
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"'{path}': damaged resume metadata ({exc})") from None
+    return ResumeState(tensors=tensors, meta=meta)

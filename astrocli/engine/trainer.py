@@ -1,0 +1,784 @@
+"""The training loop.
+
+    run_dir = train(load_recipe("recipes/quickstart.yaml"))
+
+Reading order: :func:`train` sets up (device, DDP, seeds, data, model, optimizer, schedule, EMA,
+resume), :meth:`Trainer.fit` runs epochs, :meth:`Trainer.train_one_epoch` is the inner loop,
+:meth:`Trainer.evaluate` measures, :meth:`Trainer.end_of_epoch` writes the run directory.
+
+Everything the papers used comes from timm (optimizers, schedulers, losses, Mixup, EMA); what is
+written by hand is the loop itself and the bookkeeping around it (resume, signals, NaN stop, the run
+directory), which timm's own ``train.py`` script does not offer as a library.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import inspect
+import io
+import json
+import math
+import random
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from astrocli.checkpoint import CheckpointMeta, atomic_write_bytes, atomic_write_text, save_checkpoint
+from astrocli.engine import distributed as ddp
+from astrocli.engine.console import TrainConsole
+from astrocli.engine.state import RESUME_FILE, Progress, load_resume_state, save_resume_state
+from astrocli.errors import AstroError
+from astrocli.recipe import Recipe, recipe_from_dict
+
+METRICS_HEADER = ["epoch", "train_loss", "val_loss", "val_top1", "val_top5", "lr", "img_per_s", "seconds"]
+LOG_EVERY = 10  # host syncs (loss.item(), NaN check) once per this many steps, not every step
+
+StepHook = Callable[["Trainer", int, int], None]  # (trainer, epoch, step) before each step; for tests
+
+
+class TrainingInterrupted(AstroError):
+    """SIGINT/SIGTERM: the run stopped cleanly after a step and saved everything to resume."""
+
+
+class NonFiniteLoss(AstroError):
+    """The loss became NaN/inf; the last good checkpoint is kept."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Setup helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
+    """``auto``: the local CUDA device if there is one, else the CPU (``cuda`` means ``cuda:LOCAL_RANK``)."""
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise AstroError(f"train.device={spec} but no CUDA device is available; use train.device=cpu")
+        if spec == "cuda":
+            spec = f"cuda:{local_rank}"
+    elif spec != "cpu":
+        raise AstroError(f"train.device must be auto, cpu, cuda or cuda:N, got '{spec}'")
+    return torch.device(spec)
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed torch, numpy and ``random``; with ``deterministic`` also ask torch for deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    elif torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True
+
+
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``train.amp`` on ``device`` (None: full precision)."""
+    if amp == "auto":
+        bf16_ok = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if bf16_ok else None
+    if amp == "bf16":
+        return torch.bfloat16
+    if amp == "fp16":
+        if device.type != "cuda":
+            raise AstroError("train.amp=fp16 needs a CUDA device; on the CPU use train.amp=bf16 or none")
+        return torch.float16
+    return None
+
+
+def unique_run_dir(output_dir: str, name: str) -> Path:
+    """``<output.dir>/<output.name>``, or the first free ``-2``, ``-3``, ... so no run is overwritten."""
+    base = Path(output_dir) / name
+    candidate, n = base, 1
+    while candidate.exists():
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    candidate.mkdir(parents=True)
+    return candidate
+
+
+def build_optimizer(model: nn.Module, recipe: Recipe, device: torch.device) -> torch.optim.Optimizer:
+    """timm's optimizer factory (no weight decay on biases and norms); fused AdamW on CUDA."""
+    from timm.optim import create_optimizer_v2
+
+    cfg = recipe.train
+    kwargs: dict[str, Any] = {}
+    if cfg.optimizer == "sgd":
+        kwargs.update(momentum=cfg.momentum, nesterov=cfg.nesterov)
+        opt = "sgd"
+    else:
+        opt = "adamw"
+        if device.type == "cuda":
+            kwargs["fused"] = True
+    return create_optimizer_v2(model, opt=opt, lr=cfg.lr, weight_decay=cfg.weight_decay, **kwargs)
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, recipe: Recipe, updates_per_epoch: int
+) -> tuple[Any, int]:
+    """timm's scheduler, stepped per optimizer update (smooth warmup even for short runs).
+
+    Returns the scheduler and the total number of epochs (``train.epochs`` + cooldown, timm's rule).
+    """
+    from timm.scheduler import create_scheduler_v2
+
+    cfg = recipe.train
+    sched, decay_epochs, decay_rate = cfg.sched, cfg.decay_epochs, cfg.decay_rate
+    if sched == "constant":  # timm has no constant schedule: a step schedule that never decays
+        sched, decay_epochs, decay_rate = "step", 10**9, 1.0
+    return create_scheduler_v2(
+        optimizer,
+        sched=sched,
+        num_epochs=cfg.epochs,
+        decay_epochs=decay_epochs,
+        decay_rate=decay_rate,
+        cooldown_epochs=cfg.cooldown_epochs,
+        min_lr=cfg.min_lr,
+        warmup_lr=cfg.warmup_lr,
+        warmup_epochs=cfg.warmup_epochs,
+        step_on_epochs=False,
+        updates_per_epoch=updates_per_epoch,
+    )
+
+
+def build_train_loss(recipe: Recipe, mixup_on: bool) -> nn.Module:
+    """Soft-target CE under Mixup/CutMix (smoothing is in the targets), else label-smoothed or plain CE."""
+    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+
+    if mixup_on:
+        return SoftTargetCrossEntropy()
+    if recipe.augment.label_smoothing > 0:
+        return LabelSmoothingCrossEntropy(smoothing=recipe.augment.label_smoothing)
+    return nn.CrossEntropyLoss()
+
+
+def build_model(recipe: Recipe, num_classes: int) -> nn.Module:
+    """The zoo model for ``recipe.model``, optionally started from ``model.pretrained`` weights."""
+    from astrocli.models import create_model
+
+    m, d = recipe.model, recipe.data
+    model = create_model(
+        m.name,
+        num_classes=num_classes,
+        img_size=d.img_size,
+        in_chans=d.in_chans,
+        drop_rate=m.drop_rate,
+        drop_path_rate=m.drop_path_rate,
+    )
+    if m.pretrained:
+        load_pretrained(model, m.pretrained)
+    return model
+
+
+def load_pretrained(model: nn.Module, path: str) -> None:
+    """Start from a checkpoint's weights; a classifier of another size is left freshly initialised."""
+    from astrocli.checkpoint import load_checkpoint
+
+    state_dict, _ = load_checkpoint(path)
+    try:
+        from astrocli.models import adapt_state_dict
+
+        state_dict = adapt_state_dict(model, state_dict)
+    except ImportError:
+        pass
+    own = model.state_dict()
+    usable = {k: v for k, v in state_dict.items() if k in own and own[k].shape == v.shape}
+    if not usable:
+        raise AstroError(f"model.pretrained '{path}': no tensor fits model '{type(model).__name__}'")
+    model.load_state_dict(usable, strict=False)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Trainable parameter count."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+# ---------------------------------------------------------------------------------------------
+# Run-directory files
+# ---------------------------------------------------------------------------------------------
+
+
+def write_metrics_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    """``metrics.csv`` with the exact header of docs/architecture.md, rewritten atomically."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=METRICS_HEADER, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in METRICS_HEADER})
+    atomic_write_text(path, buffer.getvalue())
+
+
+def read_metrics_csv(path: Path) -> list[dict[str, Any]]:
+    """Rows of ``metrics.csv`` (numbers parsed; blanks are None)."""
+    if not path.is_file():
+        return []
+    rows = []
+    with path.open(newline="") as handle:
+        for raw in csv.DictReader(handle):
+            row: dict[str, Any] = {k: (float(v) if v not in ("", None) else None) for k, v in raw.items()}
+            row["epoch"] = int(row["epoch"])
+            rows.append(row)
+    return rows
+
+
+def plot_curves(path: Path, rows: list[dict[str, Any]]) -> None:
+    """``curves.png``: losses and top-1 per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in rows]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(epochs, [r["train_loss"] for r in rows], label="train")
+    val = [(r["epoch"], r["val_loss"]) for r in rows if r.get("val_loss") is not None]
+    if val:
+        ax_loss.plot(*zip(*val, strict=True), label="val")
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
+    ax_loss.legend()
+    acc = [(r["epoch"], r["val_top1"], r["val_top5"]) for r in rows if r.get("val_top1") is not None]
+    if acc:
+        ax_acc.plot([a[0] for a in acc], [a[1] for a in acc], label="top-1")
+        ax_acc.plot([a[0] for a in acc], [a[2] for a in acc], label="top-5")
+        ax_acc.legend()
+    ax_acc.set(xlabel="epoch", ylabel="%", title="validation accuracy")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+# ---------------------------------------------------------------------------------------------
+# The trainer
+# ---------------------------------------------------------------------------------------------
+
+
+class Trainer:
+    """One training run; build it with :func:`train`."""
+
+    def __init__(
+        self,
+        recipe: Recipe,
+        run_dir: Path,
+        dist: ddp.DistInfo,
+        device: torch.device,
+        console: TrainConsole,
+        step_hook: StepHook | None = None,
+    ) -> None:
+        self.recipe = recipe
+        self.run_dir = run_dir
+        self.dist = dist
+        self.device = device
+        self.console = console
+        self.step_hook = step_hook
+        self.stop_signal: int | None = None
+        self.progress = Progress()
+        self.history: list[dict[str, Any]] = []
+
+    # -- setup ------------------------------------------------------------------------------------
+
+    def setup(self, bundle: Any, resume: Any = None) -> None:
+        """Build batches, model, optimizer, schedule, EMA and AMP; load ``resume`` state if given."""
+        from timm.utils import ModelEmaV3
+
+        from astrocli.data.pipeline import build_eval_batches, build_train_batches
+
+        r, dist = self.recipe, self.dist
+        self.bundle = bundle
+        self.train_batches = build_train_batches(bundle, r, self.device, dist.rank, dist.world_size)
+        self.eval_batches = build_eval_batches(
+            bundle.val, r, self.device, dist.rank, dist.world_size, mean=bundle.mean, std=bundle.std
+        )
+        if len(self.train_batches) == 0:
+            raise AstroError("the training set gives no batch; lower train.batch_size or add images")
+
+        seed_everything(r.train.seed, r.train.deterministic)  # same initial weights on every rank
+        self.model = build_model(r, bundle.num_classes).to(self.device)
+        if r.train.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.params = count_parameters(self.model)
+        self.optimizer = build_optimizer(self.model, r, self.device)
+        steps = len(self.train_batches)
+        if r.train.max_steps_per_epoch:
+            steps = min(steps, r.train.max_steps_per_epoch)
+        self.steps_per_epoch = steps
+        self.updates_per_epoch = math.ceil(steps / r.train.accum_steps)
+        self.scheduler, self.total_epochs = build_scheduler(self.optimizer, r, self.updates_per_epoch)
+        self.ema = ModelEmaV3(self.model, decay=r.train.ema_decay, use_warmup=True) if r.train.ema else None
+        self.amp_dtype = autocast_dtype(r.train.amp, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.train_loss_fn = build_train_loss(r, getattr(self.train_batches, "mixup", None) is not None)
+        self.eval_loss_fn = nn.CrossEntropyLoss(reduction="sum")
+
+        if resume is not None:
+            resume.apply(
+                model=self.model,
+                optimizer=self.optimizer,
+                scheduler=self.scheduler,
+                ema=self.ema.module if self.ema else None,
+                scaler=self.scaler,
+            )
+            self.progress = resume.progress
+            self.history = [
+                row
+                for row in read_metrics_csv(self.run_dir / "metrics.csv")
+                if row["epoch"] <= self.progress.epoch
+            ]
+        else:
+            # Data order and augmentation differ per rank; initial weights (seeded above) do not.
+            seed_everything(r.train.seed + dist.rank, r.train.deterministic)
+
+        self.train_model = self._wrap_model(self.model)
+
+    def _wrap_model(self, model: nn.Module) -> nn.Module:
+        """DDP for several processes, then ``torch.compile`` when asked."""
+        wrapped: nn.Module = model
+        if self.dist.is_distributed:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            wrapped = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+        if self.recipe.train.compile:
+            try:
+                wrapped = torch.compile(wrapped)
+            except Exception as exc:  # compile support varies by platform and torch build
+                self.console.warn(
+                    f"torch.compile is unavailable ({type(exc).__name__}: {exc}); training eagerly"
+                )
+        return wrapped
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def fit(self) -> dict[str, Any]:
+        """Train from ``progress`` to the last epoch; returns the summary written to ``summary.json``."""
+        start = time.perf_counter()
+        previous = self.progress.extra.get("total_seconds", 0.0)
+        with self._signal_handlers():
+            for epoch in range(self.progress.epoch, self.total_epochs):
+                row = self.train_one_epoch(epoch)
+                if self.stop_signal is not None and self.progress.step_in_epoch:
+                    self._stop_after_signal(epoch)  # mid-epoch: save where we are
+                self.end_of_epoch(epoch, row, previous + time.perf_counter() - start)
+                if self.stop_signal is not None:
+                    self._stop_after_signal(epoch + 1)  # the epoch had just finished: save it whole
+        return self.finish(previous + time.perf_counter() - start)
+
+    def _forward_loss(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(
+            self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
+        ):
+            logits = self.train_model(images)
+        return self.train_loss_fn(logits.float(), targets)
+
+    def _first_step_with_compile_fallback(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The first forward compiles; if compilation fails, say why and continue eagerly."""
+        try:
+            return self._forward_loss(images, targets)
+        except Exception as exc:
+            if not self.recipe.train.compile or self.train_model is self.model:
+                raise
+            self.console.warn(
+                f"torch.compile failed on the first step ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}); training eagerly"
+            )
+            self.recipe.train.compile = False
+            self.train_model = self._wrap_model(self.model)
+            return self._forward_loss(images, targets)
+
+    def train_one_epoch(self, epoch: int) -> dict[str, Any]:
+        """One pass over the training batches (capped by ``train.max_steps_per_epoch``)."""
+        accum = self.recipe.train.accum_steps
+        skip = self.progress.step_in_epoch if epoch == self.progress.epoch else 0
+        self.train_model.train()
+        batches = self._epoch_batches(epoch, skip)
+        self.console.epoch_start(epoch + 1, self.total_epochs, self.steps_per_epoch)
+
+        loss_sum = torch.zeros((), device=self.device)  # on the device: no host sync per step
+        nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
+        images_seen, step, start = 0, skip, time.perf_counter()
+        while step < self.steps_per_epoch:
+            try:
+                images, targets = next(batches)
+            except StopIteration:
+                break
+            if self.step_hook is not None:
+                self.step_hook(self, epoch, step)
+            last_micro = (step + 1) % accum == 0 or step + 1 == self.steps_per_epoch
+            sync = (
+                contextlib.nullcontext()
+                if last_micro or not self.dist.is_distributed
+                else self.train_model.no_sync()
+            )
+            with sync:
+                if epoch == self.progress.epoch and step == skip:
+                    loss = self._first_step_with_compile_fallback(images, targets)
+                else:
+                    loss = self._forward_loss(images, targets)
+                self.scaler.scale(loss / accum).backward()
+            loss_sum += loss.detach() * images.shape[0]
+            nonfinite |= ~torch.isfinite(loss.detach())
+            images_seen += images.shape[0]
+            step += 1
+            if last_micro:
+                self._optimizer_step()
+            if step % LOG_EVERY == 0 or step == self.steps_per_epoch:
+                self._check_finite(nonfinite, epoch, step)
+                elapsed = time.perf_counter() - start
+                self.console.step(
+                    step,
+                    loss_sum.item() / max(images_seen, 1),
+                    self.current_lr(),
+                    images_seen * self.dist.world_size / max(elapsed, 1e-9),
+                )
+            if last_micro and ddp.any_process(self.stop_signal is not None, self.device):
+                self.stop_signal = self.stop_signal or signal.SIGTERM  # another rank was signalled
+                if step < self.steps_per_epoch:
+                    self.progress.step_in_epoch = step
+                break
+        self._check_finite(nonfinite, epoch, step)
+        seconds = time.perf_counter() - start
+        totals = ddp.all_reduce_sum(
+            torch.stack([loss_sum.float(), torch.tensor(float(images_seen), device=self.device)])
+        )
+        return {
+            "epoch": epoch + 1,
+            "train_loss": (totals[0] / totals[1].clamp(min=1)).item(),
+            "lr": self.current_lr(),
+            "img_per_s": totals[1].item() / max(seconds, 1e-9),
+            "train_seconds": seconds,
+        }
+
+    def _epoch_batches(self, epoch: int, skip: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The epoch's batches; resuming mid-epoch starts after the ``skip`` batches already trained.
+
+        The loader skips sampler indices without reading the images; a batch source that cannot
+        (the tensor pipeline draws each epoch from its own seeded generators) is advanced by
+        drawing and dropping ``skip`` batches, which leaves it exactly where the run stopped.
+        """
+        if skip and "skip_batches" in inspect.signature(self.train_batches.set_epoch).parameters:
+            self.train_batches.set_epoch(epoch, skip_batches=skip)
+            return iter(self.train_batches)
+        self.train_batches.set_epoch(epoch)
+        batches = iter(self.train_batches)
+        for _ in range(skip):
+            next(batches, None)
+        return batches
+
+    def _optimizer_step(self) -> None:
+        """Unscale, clip, step, zero, advance the schedule and the EMA."""
+        clip = self.recipe.train.grad_clip
+        if clip:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.progress.global_step += 1
+        self.scheduler.step_update(num_updates=self.progress.global_step)
+        if self.ema is not None:
+            self.ema.update(self.model, step=self.progress.global_step)
+
+    def _check_finite(self, nonfinite: torch.Tensor, epoch: int, step: int) -> None:
+        if not ddp.any_process(bool(nonfinite.item()), self.device):
+            return
+        last = self.run_dir / "last.safetensors"
+        kept = (
+            f"the last good checkpoint is {last} (epoch {self.progress.extra.get('saved_epoch', 0)})"
+            if last.exists()
+            else "no checkpoint had been written yet"
+        )
+        raise NonFiniteLoss(
+            f"the loss became NaN/inf in epoch {epoch + 1} (by step {step}); training stopped and {kept}. "
+            "Lower train.lr, set train.grad_clip, or check the data",
+            exit_code=1,
+        )
+
+    def current_lr(self) -> float:
+        """The learning rate of the first parameter group now."""
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        """Validation loss, top-1 and top-5 (percent) over the whole held-out set, summed over ranks."""
+        model.eval()
+        totals = torch.zeros(4, device=self.device)  # loss sum, top-1 hits, top-5 hits, images
+        for images, targets in self.eval_batches:
+            with torch.autocast(
+                self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
+            ):
+                logits = model(images).float()
+            k = min(5, logits.shape[1])
+            top = logits.topk(k, dim=1).indices
+            hits = top.eq(targets[:, None])
+            totals += torch.stack(
+                [
+                    self.eval_loss_fn(logits, targets),
+                    hits[:, 0].sum().float(),
+                    hits.any(dim=1).sum().float(),
+                    torch.tensor(float(len(targets)), device=self.device),
+                ]
+            )
+        totals = ddp.all_reduce_sum(totals)
+        n = totals[3].clamp(min=1)
+        loss, top1, top5 = (totals[0] / n).item(), (100 * totals[1] / n).item(), (100 * totals[2] / n).item()
+        return {"val_loss": loss, "val_top1": top1, "val_top5": top5}
+
+    # -- end of epoch: evaluate, record, checkpoint -----------------------------------------------
+
+    def end_of_epoch(self, epoch: int, row: dict[str, Any], total_seconds: float) -> None:
+        """Evaluate (model and EMA), append ``metrics.csv``, write ``best``/``last``/resume state."""
+        r = self.recipe
+        last_epoch = epoch + 1 == self.total_epochs
+        eval_start = time.perf_counter()
+        is_best = False
+        if (epoch + 1) % r.train.eval_every == 0 or last_epoch:
+            row.update(self.evaluate(self.model))
+            candidates = [("model", self.model, row)]
+            if self.ema is not None:
+                ema_metrics = self.evaluate(self.ema.module)
+                row["ema_top1"] = ema_metrics["val_top1"]
+                candidates.append(("ema", self.ema.module, ema_metrics))
+            weights, module, metrics = max(candidates, key=lambda c: c[2]["val_top1"])
+            if metrics["val_top1"] > self.progress.best_top1:
+                is_best = True
+                self.progress.best_top1 = metrics["val_top1"]
+                self.progress.best_epoch = epoch + 1
+                self.progress.extra["best_weights"] = weights
+                self._save_model("best.safetensors", module, weights, epoch + 1, metrics)
+        row["seconds"] = row.pop("train_seconds") + time.perf_counter() - eval_start
+        self.history.append(row)
+        self.progress.epoch, self.progress.step_in_epoch = epoch + 1, 0
+        self.progress.extra["total_seconds"] = total_seconds + time.perf_counter() - eval_start
+        if self.dist.is_main:
+            write_metrics_csv(self.run_dir / "metrics.csv", self.history)
+            if (epoch + 1) % r.output.save_every == 0 or last_epoch:
+                self._save_last_and_resume(epoch + 1, row)
+        self.console.epoch_end(row, is_best)
+
+    def _checkpoint_meta(self, weights: str, epoch: int, metrics: dict[str, Any]) -> CheckpointMeta:
+        d = self.recipe.data
+        return CheckpointMeta(
+            model=self.recipe.model.name,
+            num_classes=self.bundle.num_classes,
+            img_size=d.img_size,
+            in_chans=d.in_chans,
+            class_names=list(self.bundle.class_names),
+            mean=list(self.bundle.mean),
+            std=list(self.bundle.std),
+            crop_pct=d.crop_pct,
+            interpolation=d.interpolation,
+            recipe=self.recipe.to_dict(),
+            weights=weights,
+            epoch=epoch,
+            metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+        )
+
+    def _save_model(
+        self, filename: str, module: nn.Module, weights: str, epoch: int, metrics: dict[str, Any]
+    ) -> None:
+        if self.dist.is_main:
+            save_checkpoint(
+                self.run_dir / filename, module.state_dict(), self._checkpoint_meta(weights, epoch, metrics)
+            )
+
+    def _save_last_and_resume(self, epoch: int, metrics: dict[str, Any]) -> None:
+        """``last.safetensors`` then the resume state (both atomic; resume never points past ``last``)."""
+        self.progress.extra["saved_epoch"] = epoch
+        self._save_model("last.safetensors", self.model, "model", epoch, metrics)
+        if self.dist.is_main:
+            save_resume_state(
+                self.run_dir / RESUME_FILE,
+                model=self.model,
+                optimizer=self.optimizer,
+                scheduler=self.scheduler,
+                progress=self.progress,
+                recipe=self.recipe.to_dict(),
+                ema=self.ema.module if self.ema else None,
+                scaler=self.scaler,
+            )
+
+    def _stop_after_signal(self, epoch: int) -> None:
+        """After SIGINT/SIGTERM: save ``last`` + resume state at ``epoch`` epochs (+ ``step_in_epoch``
+        steps) and stop with the command that continues the run."""
+        self.progress.epoch = epoch
+        self._save_last_and_resume(epoch, {"step_in_epoch": self.progress.step_in_epoch})
+        name = signal.Signals(self.stop_signal).name
+        where = (
+            f"epoch {epoch + 1} after step {self.progress.step_in_epoch}"
+            if self.progress.step_in_epoch
+            else f"after epoch {epoch}"
+        )
+        raise TrainingInterrupted(
+            f"{name}: stopped {where} and saved the run; "
+            f"continue it with: astro train --resume {self.run_dir}",
+            exit_code=128 + int(self.stop_signal),
+        )
+
+    @contextlib.contextmanager
+    def _signal_handlers(self):
+        """SIGINT/SIGTERM set a flag the loop checks after each step; a second SIGINT stops at once."""
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum: int, frame: Any) -> None:
+            if self.stop_signal is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self.stop_signal = signum
+            self.console.warn(f"{signal.Signals(signum).name} received: finishing this step, then saving")
+
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+    def finish(self, total_seconds: float) -> dict[str, Any]:
+        """Write ``summary.json`` and ``curves.png``; return the summary."""
+        evaluated = [r for r in self.history if r.get("val_top1") is not None]
+        speeds = [r["img_per_s"] for r in self.history if r.get("img_per_s")]
+        summary = {
+            "best_top1": self.progress.best_top1,
+            "best_epoch": self.progress.best_epoch,
+            "best_weights": self.progress.extra.get("best_weights", "model"),
+            "final_top1": evaluated[-1]["val_top1"] if evaluated else None,
+            "final_top5": evaluated[-1]["val_top5"] if evaluated else None,
+            "epochs": self.progress.epoch,
+            "params": self.params,
+            "model": self.recipe.model.name,
+            "data_source": self.recipe.data.source,
+            "num_classes": self.bundle.num_classes,
+            "total_seconds": total_seconds,
+            "mean_img_per_s": sum(speeds) / len(speeds) if speeds else None,
+            "device": str(self.device),
+            "world_size": self.dist.world_size,
+            "run_dir": str(self.run_dir),
+        }
+        if self.dist.is_main:
+            atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2))
+            if self.recipe.output.plots and self.history:
+                plot_curves(self.run_dir / "curves.png", self.history)
+        self.console.finish(summary)
+        return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------------------------
+
+
+def _load_bundle(recipe: Recipe, dist: ddp.DistInfo) -> Any:
+    """Build the datasets; under DDP rank 0 first (it may download), then the others."""
+    from astrocli.data import build_datasets
+
+    if dist.is_main:
+        bundle = build_datasets(recipe.data)
+    ddp.barrier()
+    if not dist.is_main:
+        bundle = build_datasets(recipe.data)
+    return bundle
+
+
+def _write_run_header(run_dir: Path, recipe: Recipe, bundle: Any) -> None:
+    atomic_write_text(run_dir / "recipe.yaml", recipe.to_yaml())
+    split = {
+        "class_names": list(bundle.class_names),
+        "mean": list(bundle.mean),
+        "std": list(bundle.std),
+        **bundle.split_info,
+    }
+    atomic_write_text(run_dir / "split.json", json.dumps(split, indent=2, default=str))
+
+
+def train(
+    recipe: Recipe | None = None,
+    *,
+    resume_dir: str | Path | None = None,
+    overrides: list[str] | None = None,
+    log: str | None = None,
+    step_hook: StepHook | None = None,
+) -> Path:
+    """Train a recipe (or continue ``resume_dir``) and return the run directory.
+
+    Args:
+        recipe: the resolved recipe; ignored when resuming (the run's own recipe is used).
+        resume_dir: a run directory holding ``resume.safetensors`` to continue exactly.
+        overrides: ``KEY=VALUE`` applied to the saved recipe when resuming (e.g. ``output.log=quiet``).
+        log: console mode overriding ``output.log`` (``rich``, ``quiet``, ``jsonl``).
+        step_hook: called as ``hook(trainer, epoch, step)`` before each step (tests use it).
+
+    Raises:
+        AstroError: bad input; TrainingInterrupted after a signal; NonFiniteLoss on a NaN loss.
+    """
+    resume = None
+    if resume_dir is not None:
+        run_dir = Path(resume_dir)
+        state_path = run_dir / RESUME_FILE
+        if not state_path.is_file():
+            raise AstroError(
+                f"'{run_dir}' has no {RESUME_FILE}; pass a run directory written by `astro train`"
+            )
+        resume = load_resume_state(state_path)
+        from astrocli.recipe import apply_override
+
+        raw = resume.recipe
+        for item in overrides or []:
+            apply_override(raw, item)
+        recipe = recipe_from_dict(raw)
+    if recipe is None:
+        raise AstroError("nothing to train: give --recipe FILE or --resume RUN_DIR")
+
+    dist = ddp.detect_torchrun()
+    device = resolve_device(recipe.train.device, dist.local_rank)
+    autocast_dtype(recipe.train.amp, device)  # reject fp16 on the CPU before creating anything
+    ddp.init_distributed(dist, device)
+    console = TrainConsole(log or recipe.output.log, enabled=dist.is_main)
+    if resume is not None and overrides:
+        console.warn(
+            f"resuming with overrides {' '.join(overrides)}: the learning-rate schedule continues as saved "
+            "(extra epochs run at train.min_lr)"
+        )
+    try:
+        if resume is None:
+            name = str(unique_run_dir(recipe.output.dir, recipe.output.name)) if dist.is_main else ""
+            run_dir = Path(ddp.broadcast_string(name, device))
+        bundle = _load_bundle(recipe, dist)
+        if dist.is_main and resume is None:
+            _write_run_header(run_dir, recipe, bundle)
+        trainer = Trainer(recipe, run_dir, dist, device, console, step_hook)
+        trainer.setup(bundle, resume)
+        console.start(
+            {
+                "run dir": run_dir,
+                "model": f"{recipe.model.name} ({trainer.params / 1e6:.2f}M params)",
+                "data": f"{recipe.data.source}: {len(bundle.train)} train / {len(bundle.val)} val, "
+                f"{bundle.num_classes} classes",
+                "device": f"{device} x{dist.world_size}"
+                + (f", autocast {trainer.amp_dtype}" if trainer.amp_dtype else ""),
+                "schedule": f"{trainer.total_epochs} epochs x {trainer.steps_per_epoch} steps",
+                **(
+                    {
+                        "resumed": f"after epoch {trainer.progress.epoch}, "
+                        f"step {trainer.progress.step_in_epoch}"
+                    }
+                    if resume
+                    else {}
+                ),
+            }
+        )
+        trainer.fit()
+    finally:
+        ddp.shutdown_distributed()
+    return run_dir
