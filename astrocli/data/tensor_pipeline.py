@@ -1,0 +1,509 @@
+"""The tensor pipeline: a decoded uint8 cache held on the device, augmented batch-wide there.
+
+Public API (used by ``astrocli/data/pipeline.py``):
+
+- ``fits_in_memory(dataset, recipe, device=None) -> bool``: whether the decoded uint8 images of
+  ``dataset`` (N*C*H*W bytes) take at most half of the free memory of ``device`` (default: the GPU
+  when there is one, else host RAM). ``data.pipeline: auto`` picks this pipeline when True.
+- ``build_tensor_cache(dataset, cfg: DataConfig, split: str) -> TensorCache``: uint8 ``[N, C, H, W]``
+  images + int64 labels, decoded once. Image-file datasets are saved with safetensors under
+  ``cfg.cache_dir or <cfg.root>/.astro-cache/`` keyed by a hash of (file paths, sizes, mtimes,
+  labels, in_chans, stored size, split), so the second run loads without decoding anything.
+  Array-backed datasets (``uint8_array()``: h5, CIFAR binaries) are taken as they are, no disk copy.
+  Images keep their native size when all are equal (CIFAR 32 px, Galaxy 256 px); otherwise each is
+  resized (shorter side) and centre-cropped to ``max(img_size, round(img_size / crop_pct))``.
+- ``TensorTrainBatches(cache, recipe, device, rank=0, world_size=1, num_classes=None, mean=None,
+  std=None, mixup=None)`` and ``TensorEvalBatches(cache, recipe, device, rank=0, world_size=1,
+  mean=None, std=None)``: batch sources (``__len__``, ``set_epoch``, ``num_samples``, ``__iter__``
+  yielding ``(images float [B, C, H, W] normalised on the device, targets)``).
+  Train: seeded per-epoch permutation shared by all ranks, sharded ``rank::world_size``, drop_last;
+  crop / flips / RandAugment / colour jitter / normalise / random erasing per ``recipe.augment``
+  (see ``tensor_augment.py``), then timm's ``Mixup`` in batch mode: targets are int64 ``[B]``, or
+  float ``[B, K]`` whenever mixup/cutmix is configured (also after ``mixup_off_epoch``, where timm's
+  Mixup keeps returning smoothed one-hot targets, so the loss stays the same).
+  Within a batch the samples come in an arbitrary order (RandAugment sorts the batch by op; the
+  targets follow their images).
+  Eval: resize + centre-crop per batch (timm's eval geometry), every sample of the shard, in order,
+  no drop; targets int64. ``num_samples`` counts this rank's samples per epoch.
+- ``TensorBatches(dataset, recipe, device, *, train, rank, world_size, mean, std, mixup)``: builds the
+  cache and returns one of the two sources (the call ``pipeline.py`` makes).
+
+No host syncs inside an epoch: random parameters are drawn on the host from a seeded generator
+and copied to the device from pinned memory without blocking; the cache sits on the device.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+from astrocli.data import tensor_augment as aug
+from astrocli.errors import AstroError, DataError, RecipeError
+from astrocli.recipe import DataConfig, Recipe
+
+CACHE_FORMAT = 1  # bump when the cache layout or decoding changes
+MEMORY_FRACTION = 0.5  # share of free memory the cache may take (the rest: model, activations)
+
+
+@dataclass
+class TensorCache:
+    """Decoded images ``[N, C, H, W]`` uint8 and labels ``[N]`` int64 (same device)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    key: str = ""
+    path: Path | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def to(self, device: torch.device) -> TensorCache:
+        """This cache on ``device`` (the same object when already there)."""
+        if self.images.device == torch.device(device):
+            return self
+        return TensorCache(self.images.to(device), self.labels.to(device), self.key, self.path)
+
+
+# ------------------------------------------------------------------------------------------------
+# Memory estimate
+# ------------------------------------------------------------------------------------------------
+
+
+def _first_image_shape(dataset: Any) -> tuple[int, int]:
+    """(H, W) of the first sample without decoding the whole dataset."""
+    samples = getattr(dataset, "samples", None)
+    if samples:
+        with Image.open(samples[0][0]) as img:  # reads the header only
+            return img.height, img.width
+    image, _ = dataset[0]
+    return image.height, image.width
+
+
+def _free_memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def estimated_cache_bytes(dataset: Any, cfg: DataConfig) -> int:
+    """Bytes of the uint8 cache for ``dataset`` (from the first image's size)."""
+    if len(dataset) == 0:
+        return 0
+    h, w = _first_image_shape(dataset)
+    return len(dataset) * cfg.in_chans * h * w
+
+
+def fits_in_memory(
+    dataset: Any, recipe: Recipe | DataConfig, device: torch.device | str | None = None
+) -> bool:
+    """Whether the decoded cache of ``dataset`` takes at most half the free memory of ``device``.
+
+    ``device`` None: the current GPU when one is available, else host RAM.
+    """
+    cfg = recipe.data if isinstance(recipe, Recipe) else recipe
+    if device is None:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        needed = estimated_cache_bytes(dataset, cfg)
+    except (OSError, IndexError, ValueError):
+        return False
+    return needed <= MEMORY_FRACTION * _free_memory_bytes(torch.device(device))
+
+
+# ------------------------------------------------------------------------------------------------
+# Building and caching
+# ------------------------------------------------------------------------------------------------
+
+
+def _file_fingerprint(samples: Sequence[tuple[str, int]]) -> str:
+    """Hash of every (path, size, mtime, label): any change to the files gives a new cache."""
+    digest = hashlib.blake2b(digest_size=16)
+    for path, label in samples:
+        stat = os.stat(path)
+        digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\0{label}\n".encode())
+    return digest.hexdigest()
+
+
+def stored_size(img_size: int, crop_pct: float) -> int:
+    """The side images are stored at when their sizes differ: room for the eval crop and RRC."""
+    return max(img_size, int(round(img_size / crop_pct)))
+
+
+def _decode_all(dataset: Any, cfg: DataConfig) -> np.ndarray:
+    """Decode every sample to uint8 ``[N, H, W, C]``: native size if all agree, else resized."""
+    first, _ = dataset[0]
+    native = (first.height, first.width)
+    arrays: list[np.ndarray] = []
+    for index in range(len(dataset)):
+        image, _ = dataset[index]
+        if (image.height, image.width) != native:
+            return _decode_resized(dataset, cfg)  # rare: mixed sizes, decode again at one size
+        arrays.append(_as_hwc(image, cfg.in_chans))
+    return np.stack(arrays)
+
+
+def _decode_resized(dataset: Any, cfg: DataConfig) -> np.ndarray:
+    side = stored_size(cfg.img_size, cfg.crop_pct)
+    resample = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}.get(cfg.interpolation, Image.NEAREST)
+    out = np.empty((len(dataset), side, side, cfg.in_chans), dtype=np.uint8)
+    for index in range(len(dataset)):
+        image, _ = dataset[index]
+        scale = side / min(image.width, image.height)
+        w, h = max(side, round(image.width * scale)), max(side, round(image.height * scale))
+        image = image.resize((w, h), resample)
+        left, top = (w - side) // 2, (h - side) // 2
+        out[index] = _as_hwc(image.crop((left, top, left + side, top + side)), cfg.in_chans)
+    return out
+
+
+def _as_hwc(image: Image.Image, in_chans: int) -> np.ndarray:
+    array = np.asarray(image.convert("L" if in_chans == 1 else "RGB"), dtype=np.uint8)
+    return array[..., None] if array.ndim == 2 else array
+
+
+def _to_nchw(array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(0, 3, 1, 2)))
+
+
+def cache_path(dataset: Any, cfg: DataConfig, split: str) -> tuple[str, Path] | None:
+    """(key, file) of the disk cache for an image-file dataset; None for other datasets."""
+    samples = getattr(dataset, "samples", None)
+    if not samples:
+        return None
+    description = {
+        "format": CACHE_FORMAT,
+        "files": _file_fingerprint(samples),
+        "in_chans": cfg.in_chans,
+        "split": split,
+        "resize_side": stored_size(cfg.img_size, cfg.crop_pct),
+        "interpolation": cfg.interpolation,
+    }
+    key = hashlib.blake2b(json.dumps(description, sort_keys=True).encode(), digest_size=16).hexdigest()
+    root = Path(cfg.cache_dir) if cfg.cache_dir else Path(cfg.root) / ".astro-cache"
+    return key, root / f"tensors-{split}-{key}.safetensors"
+
+
+def build_tensor_cache(dataset: Any, cfg: DataConfig, split: str) -> TensorCache:
+    """Decode ``dataset`` once into a :class:`TensorCache` (on the CPU), reusing the disk cache.
+
+    Raises:
+        DataError: the dataset is empty.
+    """
+    if len(dataset) == 0:
+        raise DataError(f"the {split} dataset has no images; check data.root ({cfg.root})")
+    labels = torch.as_tensor(list(dataset.targets), dtype=torch.int64)
+    if hasattr(dataset, "uint8_array"):  # already uint8 rows: nothing to decode, nothing to save
+        return TensorCache(_to_nchw(dataset.uint8_array()), labels, key="array")
+    located = cache_path(dataset, cfg, split)
+    if located is not None and located[1].is_file():
+        loaded = _load_cache(located[1], len(labels))
+        if loaded is not None:
+            return TensorCache(loaded, labels, located[0], located[1])
+    images = _to_nchw(_decode_all(dataset, cfg))
+    if located is None:
+        return TensorCache(images, labels, key="uncached")
+    key, path = located
+    _save_cache(path, images, labels)
+    return TensorCache(images, labels, key, path)
+
+
+def _load_cache(path: Path, count: int) -> torch.Tensor | None:
+    """The cached images, or None when the file is unreadable or stale (then it is rebuilt)."""
+    try:
+        tensors = load_file(str(path))
+    except Exception:  # a truncated or foreign file: decode again and overwrite
+        return None
+    images = tensors.get("images")
+    if images is None or images.dtype != torch.uint8 or len(images) != count:
+        return None
+    return images
+
+
+def _save_cache(path: Path, images: torch.Tensor, labels: torch.Tensor) -> None:
+    """Write atomically (temp file + rename); an unwritable location only costs the next run time."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        save_file({"images": images.contiguous(), "labels": labels}, str(tmp))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+# ------------------------------------------------------------------------------------------------
+# Batch sources
+# ------------------------------------------------------------------------------------------------
+
+
+def _normaliser(mean: Sequence[float] | None, std: Sequence[float] | None, recipe: Recipe, channels: int):
+    mean = mean if mean is not None else recipe.data.mean or IMAGENET_DEFAULT_MEAN
+    std = std if std is not None else recipe.data.std or IMAGENET_DEFAULT_STD
+    mean, std = list(mean), list(std)
+    if len(mean) == 1 and channels > 1:
+        mean, std = mean * channels, std * channels
+    if len(mean) != channels or len(std) != channels:
+        raise RecipeError(f"data.mean/data.std need {channels} values (one per channel), got {mean} / {std}")
+    return mean, std
+
+
+def _resolve_device(device: torch.device | str) -> torch.device:
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+class _TensorSource:
+    """What the train and eval sources share: the device cache and normalisation."""
+
+    def __init__(self, cache, recipe, device, rank, world_size, mean, std) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world_size {world_size}")
+        self.device = _resolve_device(device)
+        self.cache = cache.to(self.device)
+        self.recipe = recipe
+        self.rank, self.world_size = rank, world_size
+        self.batch_size = recipe.train.batch_size
+        self.channels = self.cache.images.shape[1]
+        mean, std = _normaliser(mean, std, recipe, self.channels)
+        self.mean = mean
+        # Normalise x/255 with (m, s) as one fused multiply-add on the 0..255 values.
+        self._scale = torch.tensor([1 / (255.0 * s) for s in std], device=self.device).view(1, -1, 1, 1)
+        self._shift = torch.tensor([-m / s for m, s in zip(mean, std, strict=True)], device=self.device).view(
+            1, -1, 1, 1
+        )
+        self.channels_last = recipe.train.channels_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch (the shuffle and the augmentation draw depend on it)."""
+        self.epoch = epoch
+
+    def _finish(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.addcmul(self._shift, x, self._scale)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+
+class TensorTrainBatches(_TensorSource):
+    """Augmented, shuffled training batches from a :class:`TensorCache` (see the module docstring)."""
+
+    def __init__(
+        self,
+        cache: TensorCache,
+        recipe: Recipe,
+        device: torch.device | str,
+        rank: int = 0,
+        world_size: int = 1,
+        num_classes: int | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        mixup: Any = None,
+    ) -> None:
+        super().__init__(cache, recipe, device, rank, world_size, mean, std)
+        a = recipe.augment
+        self.augment = a
+        self.img_size = recipe.data.img_size
+        self.interpolation = recipe.data.interpolation
+        self.seed = recipe.train.seed
+        per_rank = len(self.cache) // world_size
+        if per_rank < self.batch_size:
+            raise AstroError(
+                f"train.batch_size={self.batch_size} is larger than the {per_rank} training images per "
+                "process; lower train.batch_size"
+            )
+        self.num_batches = per_rank // self.batch_size
+        self.num_samples = self.num_batches * self.batch_size
+        self.num_classes = num_classes or int(cache.labels.max()) + 1
+        self.rand_augment = (
+            aug.BatchRandAugment(a.auto_augment, self.img_size, self.mean, self.interpolation)
+            if a.auto_augment
+            else None
+        )
+        self.mixup = mixup if mixup is not None else self._build_mixup()
+        if self.mixup is not None and self.batch_size % 2:
+            raise RecipeError(f"mixup/cutmix need an even train.batch_size, got {self.batch_size}")
+
+    def _build_mixup(self) -> Any:
+        a = self.augment
+        if a.mixup <= 0 and a.cutmix <= 0:
+            return None
+        from timm.data import Mixup
+
+        return Mixup(
+            mixup_alpha=a.mixup,
+            cutmix_alpha=a.cutmix,
+            prob=a.mixup_prob,
+            switch_prob=a.mixup_switch_prob,
+            mode="batch",
+            label_smoothing=a.label_smoothing,
+            num_classes=self.num_classes,
+        )
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def _generators(self) -> tuple[torch.Generator, torch.Generator, np.random.RandomState]:
+        """Host generator (parameters), device generator (noise), numpy state (timm Mixup)."""
+        seed = (self.seed * 1_000_003 + self.epoch) * 1_009 + self.rank
+        host = torch.Generator().manual_seed(seed)
+        noise = torch.Generator(device=self.device).manual_seed(seed + 1)
+        return host, noise, np.random.RandomState(seed % 2**32)
+
+    def epoch_indices(self) -> torch.Tensor:
+        """This rank's sample order for the current epoch (the same permutation on every rank)."""
+        perm = torch.randperm(
+            len(self.cache), generator=torch.Generator().manual_seed(self.seed + self.epoch)
+        )
+        return perm[self.rank :: self.world_size][: self.num_samples]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        host, noise, mix_state = self._generators()
+        order = aug.to_device(self.epoch_indices(), self.device)
+        mixing = self.mixup is not None
+        if mixing:
+            off = self.augment.mixup_off_epoch
+            self.mixup.mixup_enabled = not (off and self.epoch >= off)
+        for b in range(self.num_batches):
+            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+            images, reorder = self.augment_batch(self.cache.images[idx], host, noise)
+            targets = self.cache.labels[idx if reorder is None else idx[reorder]]
+            if mixing:
+                images, targets = self._mix(images, targets, mix_state)
+            yield images, targets
+
+    def augment_batch(
+        self, images: torch.Tensor, host: torch.Generator, noise: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """uint8 ``[B, C, H, W]`` -> augmented, normalised float ``[B, C, img_size, img_size]``.
+
+        Also returns the order of the output samples (device tensor; output ``i`` is input
+        ``order[i]``), or None when they stay in input order: RandAugment sorts the batch by op.
+        """
+        a = self.augment
+        x = self._crop_and_flip(images, host)
+        reorder = None
+        if self.rand_augment is not None:
+            x, host_order = self.rand_augment(x, host)
+            reorder = aug.to_device(host_order, x.device)
+        elif a.color_jitter:
+            x = aug.color_jitter(x, a.color_jitter, host).round()
+        x = self._finish(x)
+        if a.re_prob > 0:
+            x = self._erase(x, host, noise)
+        return x, reorder
+
+    def _erase(self, x: torch.Tensor, host: torch.Generator, noise: torch.Generator | None) -> torch.Tensor:
+        """timm random erasing, touching only the samples that drew a box."""
+        a, (h, w) = self.augment, x.shape[-2:]
+        boxes = aug.sample_erase_boxes(host, len(x), h, w, a.re_prob, a.re_count)
+        chosen = torch.nonzero(boxes[:, :, 2].amax(dim=1) > 0).flatten()  # host tensor: no device sync
+        if len(chosen) == 0:
+            return x
+        idx = aug.to_device(chosen, x.device)
+        mask = aug.box_mask(boxes[chosen], h, w, x.device)
+        x[idx] = aug.random_erase(x[idx], mask, a.re_mode, noise)
+        return x
+
+    def _crop_and_flip(self, images: torch.Tensor, host: torch.Generator) -> torch.Tensor:
+        """Crop to img_size and flip, as float 0..255 rounded like PIL's uint8 output."""
+        a, size = self.augment, self.img_size
+        n, _, h, w = images.shape
+        if a.crop == "random_resized_crop":
+            boxes = aug.sample_rrc_boxes(host, n, h, w, a.scale, a.ratio)
+            hflip, vflip = self._sample_flips(host, n)  # folded into the resampling matrices
+            x = aug.crop_resize(images, boxes, size, self.interpolation, hflip, vflip)
+            return x.round_().clamp_(0, 255)
+        x = aug.resize_square(images.float(), size, self.interpolation).round_().clamp_(0, 255)
+        if a.crop == "pad_crop":
+            offsets = torch.randint(0, 2 * a.padding + 1, (n, 2), generator=host)
+            x = aug.pad_crop(x, aug.to_device(offsets, x.device), a.padding, size)
+        for flips, dim in zip(self._sample_flips(host, n), (-1, -2), strict=True):
+            if flips is not None:
+                idx = aug.to_device(torch.nonzero(flips).flatten(), x.device)
+                x[idx] = x[idx].flip(dim)
+        return x
+
+    def _sample_flips(self, host: torch.Generator, n: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Host bool masks (horizontal, vertical) with the recipe's probabilities, None when off."""
+        a = self.augment
+        hflip = torch.rand(n, generator=host) < a.hflip if a.hflip > 0 else None
+        vflip = torch.rand(n, generator=host) < a.vflip if a.vflip > 0 else None
+        return hflip, vflip
+
+    def _mix(self, images, targets, mix_state: np.random.RandomState):
+        # timm's Mixup draws lambda from numpy's global generator: swap in our seeded state for the
+        # call so batches are reproducible, and leave the caller's global numpy state untouched.
+        saved = np.random.get_state()
+        np.random.set_state(mix_state.get_state())
+        try:
+            images, targets = self.mixup(images, targets)
+        finally:
+            mix_state.set_state(np.random.get_state())
+            np.random.set_state(saved)
+        return images, targets
+
+
+class TensorEvalBatches(_TensorSource):
+    """Evaluation batches in order (resize + centre-crop per batch), no drop; int64 targets."""
+
+    def __init__(
+        self,
+        cache: TensorCache,
+        recipe: Recipe,
+        device: torch.device | str,
+        rank: int = 0,
+        world_size: int = 1,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__(cache, recipe, device, rank, world_size, mean, std)
+        self.indices = torch.arange(rank, len(self.cache), world_size, device=self.device)
+        self.num_samples = len(self.indices)
+
+    def __len__(self) -> int:
+        return math.ceil(self.num_samples / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        data = self.recipe.data
+        for start in range(0, self.num_samples, self.batch_size):
+            idx = self.indices[start : start + self.batch_size]
+            x = aug.resize_center_crop(
+                self.cache.images[idx], data.img_size, data.crop_pct, data.interpolation
+            )
+            yield self._finish(x.round()), self.cache.labels[idx]
+
+
+def TensorBatches(
+    dataset: Any,
+    recipe: Recipe,
+    device: torch.device | str,
+    *,
+    train: bool,
+    rank: int = 0,
+    world_size: int = 1,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    mixup: Any = None,
+    num_classes: int | None = None,
+) -> TensorTrainBatches | TensorEvalBatches:
+    """Build (or load) the cache of ``dataset`` and return its train or eval batch source."""
+    cache = build_tensor_cache(dataset, recipe.data, "train" if train else "eval")
+    if train:
+        return TensorTrainBatches(cache, recipe, device, rank, world_size, num_classes, mean, std, mixup)
+    return TensorEvalBatches(cache, recipe, device, rank, world_size, mean, std)
