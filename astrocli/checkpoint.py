@@ -162,8 +162,9 @@ def read_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, s
             for name in handle.keys():
                 tensors[name] = handle.get_tensor(name)
     except Exception as exc:  # safetensors raises SafetensorError / OSError with terse messages
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointError(
-            f"'{path}' is not a readable safetensors file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+            f"'{path}' is not a readable safetensors file ({reason}); "
             "it may be truncated or in another format (astro never loads pickle checkpoints)"
         ) from None
     return tensors, metadata
@@ -175,7 +176,9 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], Checkpoi
     return tensors, CheckpointMeta.from_metadata(metadata, source=str(path))
 
 
-def load_model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, CheckpointMeta]:
+def load_model_from_checkpoint(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[torch.nn.Module, CheckpointMeta]:
     """Build the checkpoint's architecture and load its weights strictly.
 
     A checkpoint whose tensors do not fit the named architecture raises CheckpointError
@@ -184,13 +187,17 @@ def load_model_from_checkpoint(path: str | Path, device: str | torch.device = "c
     from astrocli.models import create_model
 
     state_dict, meta = load_checkpoint(path)
-    model = create_model(meta.model, num_classes=meta.num_classes, img_size=meta.img_size, in_chans=meta.in_chans)
+    model = create_model(
+        meta.model, num_classes=meta.num_classes, img_size=meta.img_size, in_chans=meta.in_chans
+    )
     load_state_dict_strict(model, state_dict, source=str(path), arch=meta.model)
     return model.to(device).eval(), meta
 
 
-def load_state_dict_strict(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], source: str, arch: str) -> None:
-    """``model.load_state_dict(strict=True)`` with a one-line CheckpointError instead of a long RuntimeError."""
+def load_state_dict_strict(
+    model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], source: str, arch: str
+) -> None:
+    """``model.load_state_dict(strict=True)``, failing with one line instead of a long RuntimeError."""
     own = model.state_dict()
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
