@@ -7,7 +7,9 @@ epoch while the tensor pipeline decodes once: the end-to-end comparison. Both ap
 recipe: random-resized-crop (bicubic), horizontal flip, RandAugment ``rand-m9-mstd0.5-inc1``,
 normalise, random erasing (p=0.25, pixel mode), then timm's Mixup/CutMix on the batch. Rounds
 alternate between the two so that other load on the machine hits both alike; the table reports
-the median of the rounds.
+the median of the rounds. Building the tensor source calls ``keep_freed_batch_buffers`` (glibc
+``mallopt``: keep freed batch-sized buffers instead of unmapping them), a process-wide setting, so
+both sides run under it.
 
     python benchmarks/augment_speed.py                 # CPU, 1 thread, 2048 images
     python benchmarks/augment_speed.py --threads 2 --out augment_speed.json
@@ -36,7 +38,11 @@ sys.path.insert(0, str(REPO))
 
 from timm.data import Mixup, create_transform  # noqa: E402
 
-from astrocli.data.tensor_pipeline import TensorCache, TensorTrainBatches  # noqa: E402
+from astrocli.data.tensor_pipeline import (  # noqa: E402
+    TensorCache,
+    TensorTrainBatches,
+    keep_freed_batch_buffers,
+)
 from astrocli.recipe import load_recipe  # noqa: E402
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -151,7 +157,7 @@ def main() -> None:
     parser.add_argument(
         "--tune-malloc",
         action="store_true",
-        help="re-run under glibc malloc settings that keep freed batch buffers (no page faults per batch)",
+        help="re-run under glibc malloc env settings (the tensor pipeline now sets the same with mallopt)",
     )
     args = parser.parse_args()
     if args.tune_malloc and MALLOC_ENV[0] not in os.environ:
@@ -230,6 +236,7 @@ def main() -> None:
         "load_average": os.getloadavg()[0],
         "rounds": {"per_sample": per_sample, "per_sample_from_jpeg": from_jpeg, "tensor": batched},
         "malloc_env": {k: os.environ[k] for k in MALLOC_ENV if k in os.environ},
+        "mallopt_keep_freed_buffers": keep_freed_batch_buffers(),
         "command": " ".join(["python", *sys.argv]),
     }
     print_table(result)

@@ -27,6 +27,8 @@ Public API (used by ``astrocli/data/pipeline.py``):
   no drop; targets int64. ``num_samples`` counts this rank's samples per epoch.
 - ``TensorBatches(dataset, recipe, device, *, train, rank, world_size, mean, std, mixup)``: builds the
   cache and returns one of the two sources (the call ``pipeline.py`` makes).
+- ``keep_freed_batch_buffers() -> bool``: glibc ``mallopt`` so freed batch-sized CPU buffers are
+  reused, not unmapped and page-faulted back every batch; called by the sources on a CPU device.
 
 No host syncs inside an epoch: random parameters are drawn on the host from a seeded generator
 and copied to the device from pinned memory without blocking; the cache sits on the device.
@@ -34,6 +36,9 @@ and copied to the device from pinned memory without blocking; the cache sits on 
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import hashlib
 import json
 import math
@@ -55,6 +60,31 @@ from astrocli.recipe import DataConfig, Recipe
 
 CACHE_FORMAT = 1  # bump when the cache layout or decoding changes
 MEMORY_FRACTION = 0.5  # share of free memory the cache may take (the rest: model, activations)
+# glibc mallopt parameters (malloc.h) and the values keep_freed_batch_buffers sets.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD_BYTES = 32 * 2**20  # glibc's upper limit for M_MMAP_THRESHOLD on 64-bit
+_TRIM_THRESHOLD_BYTES = 256 * 2**20
+
+
+@functools.cache
+def keep_freed_batch_buffers() -> bool:
+    """Make glibc keep freed batch-sized CPU buffers for reuse instead of unmapping them.
+
+    By default glibc serves every block over 128 KiB with mmap and unmaps it on free, so each
+    batch-sized tensor page-faults back in on the next batch: on a CPU that cost the batched
+    pipeline about a third of its time. PyTorch's CPU allocator has no cache of its own (its CPU
+    tuning guide recommends jemalloc/tcmalloc for this reason); raising glibc's mmap and trim
+    thresholds with ``mallopt`` gives the same reuse without an extra library or env variables.
+    Process-wide and harmless to other code; a no-op (False) where the C library is not glibc.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    ok = mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES) == 1
+    return mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD_BYTES) == 1 and ok
 
 
 @dataclass
@@ -276,6 +306,8 @@ class _TensorSource:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world_size {world_size}")
         self.device = _resolve_device(device)
+        if self.device.type == "cpu":
+            keep_freed_batch_buffers()  # on a GPU the caching allocator already reuses buffers
         self.cache = cache.to(self.device)
         self.recipe = recipe
         self.rank, self.world_size = rank, world_size
@@ -381,8 +413,9 @@ class TensorTrainBatches(_TensorSource):
             self.mixup.mixup_enabled = not (off and self.epoch >= off)
         for b in range(self.num_batches):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
-            images, reorder = self.augment_batch(self.cache.images[idx], host, noise)
-            targets = self.cache.labels[idx if reorder is None else idx[reorder]]
+            # index_select: a row copy, several times faster than advanced indexing on CPU
+            images, reorder = self.augment_batch(self.cache.images.index_select(0, idx), host, noise)
+            targets = self.cache.labels.index_select(0, idx if reorder is None else idx[reorder])
             if mixing:
                 images, targets = self._mix(images, targets, mix_state)
             yield images, targets
@@ -416,9 +449,8 @@ class TensorTrainBatches(_TensorSource):
         if len(chosen) == 0:
             return x
         idx = aug.to_device(chosen, x.device)
-        mask = aug.box_mask(boxes[chosen], h, w, x.device)
-        x[idx] = aug.random_erase(x[idx], mask, a.re_mode, noise)
-        return x
+        mask = aug.box_mask(boxes[chosen], h, w, torch.device("cpu"))  # host: random_erase counts it
+        return x.index_copy_(0, idx, aug.random_erase(x.index_select(0, idx), mask, a.re_mode, noise))
 
     def _crop_and_flip(self, images: torch.Tensor, host: torch.Generator) -> torch.Tensor:
         """Crop to img_size and flip, as float 0..255 rounded like PIL's uint8 output."""
@@ -427,8 +459,9 @@ class TensorTrainBatches(_TensorSource):
         if a.crop == "random_resized_crop":
             boxes = aug.sample_rrc_boxes(host, n, h, w, a.scale, a.ratio)
             hflip, vflip = self._sample_flips(host, n)  # folded into the resampling matrices
-            x = aug.crop_resize(images, boxes, size, self.interpolation, hflip, vflip)
-            return x.round_().clamp_(0, 255)
+            x = aug.crop_resize(images, boxes, size, self.interpolation, hflip, vflip).round_().clamp_(0, 255)
+            # RandAugment's first sort copies the batch anyway, and makes it contiguous in passing.
+            return x if self.rand_augment is not None else x.contiguous()
         x = aug.resize_square(images.float(), size, self.interpolation).round_().clamp_(0, 255)
         if a.crop == "pad_crop":
             offsets = torch.randint(0, 2 * a.padding + 1, (n, 2), generator=host)
@@ -436,7 +469,7 @@ class TensorTrainBatches(_TensorSource):
         for flips, dim in zip(self._sample_flips(host, n), (-1, -2), strict=True):
             if flips is not None:
                 idx = aug.to_device(torch.nonzero(flips).flatten(), x.device)
-                x[idx] = x[idx].flip(dim)
+                x.index_copy_(0, idx, x.index_select(0, idx).flip(dim))
         return x
 
     def _sample_flips(self, host: torch.Generator, n: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
