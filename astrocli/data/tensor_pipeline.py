@@ -51,9 +51,10 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
+from astrocli.checkpoint import save_tensors
 from astrocli.data import tensor_augment as aug
 from astrocli.errors import AstroError, DataError, RecipeError
 from astrocli.recipe import DataConfig, Recipe
@@ -268,10 +269,7 @@ def _load_cache(path: Path, count: int) -> torch.Tensor | None:
 def _save_cache(path: Path, images: torch.Tensor, labels: torch.Tensor) -> None:
     """Write atomically (temp file + rename); an unwritable location only costs the next run time."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        save_file({"images": images.contiguous(), "labels": labels}, str(tmp))
-        os.replace(tmp, path)
+        save_tensors(path, {"images": images, "labels": labels}, {"format": "astro-tensor-cache/1"})
     except OSError:
         pass
 
