@@ -200,6 +200,25 @@ def _torchvision(cfg: DataConfig, name: str, build, place: str):
         raise DataError(f"{name}: data not found in {cfg.root} and {how} ({reason}); {place}") from None
 
 
+def _gunzip_placed_files(raw: Path, resources: list[tuple[str, str]]) -> None:
+    """Decompress ``<name>.gz`` files placed in ``raw`` whose decompressed twin is missing.
+
+    torchvision only looks for the decompressed idx files when ``download=False``, so the ``.gz``
+    files the error message tells users to place would otherwise be ignored.
+    """
+    from torchvision.datasets.utils import extract_archive
+
+    for url, _ in resources:
+        packed = raw / Path(url).name
+        if packed.suffix == ".gz" and packed.is_file() and not packed.with_suffix("").is_file():
+            try:
+                extract_archive(str(packed), str(raw))
+            except (OSError, EOFError) as exc:
+                raise DataError(
+                    f"{packed} cannot be decompressed ({exc}); delete it and place it again"
+                ) from None
+
+
 def mnist_like_source(cfg: DataConfig, name: str, mean: float, std: float) -> SourceData:
     """MNIST or Fashion-MNIST through torchvision (idx files; no pickle), held as uint8 arrays."""
     from torchvision import datasets
@@ -209,8 +228,9 @@ def mnist_like_source(cfg: DataConfig, name: str, mean: float, std: float) -> So
     raw = root / dataset_cls.__name__ / "raw"
     place = (
         f"place {', '.join(Path(url).name for url, _ in dataset_cls.resources)} "
-        f"(from {dataset_cls.mirrors[0]}) in {raw}"
+        f"(from {dataset_cls.mirrors[0]}, gzipped or not) in {raw}"
     )
+    _gunzip_placed_files(raw, dataset_cls.resources)
 
     def split(train: bool):
         def build() -> ArrayImageDataset:
