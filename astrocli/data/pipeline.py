@@ -17,26 +17,9 @@ from typing import Any
 import torch
 
 from astrocli.data.loader import LoaderBatches
+from astrocli.data.transforms import build_mixup
 from astrocli.errors import AstroError
 from astrocli.recipe import Recipe
-
-
-def build_mixup(recipe: Recipe, num_classes: int) -> Any:
-    """timm's Mixup/CutMix (with label smoothing folded into its soft targets), or None when off."""
-    aug = recipe.augment
-    if aug.mixup <= 0 and aug.cutmix <= 0:
-        return None
-    from timm.data import Mixup
-
-    return Mixup(
-        mixup_alpha=aug.mixup,
-        cutmix_alpha=aug.cutmix,
-        prob=aug.mixup_prob,
-        switch_prob=aug.mixup_switch_prob,
-        mode="batch",
-        label_smoothing=aug.label_smoothing,
-        num_classes=num_classes,
-    )
 
 
 def _tensor_pipeline_module() -> Any:

@@ -56,6 +56,7 @@ from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from astrocli.checkpoint import save_tensors
 from astrocli.data import tensor_augment as aug
+from astrocli.data.transforms import build_mixup
 from astrocli.errors import AstroError, DataError, RecipeError
 from astrocli.recipe import DataConfig, Recipe
 
@@ -365,25 +366,9 @@ class TensorTrainBatches(_TensorSource):
             if a.auto_augment
             else None
         )
-        self.mixup = mixup if mixup is not None else self._build_mixup()
+        self.mixup = mixup if mixup is not None else build_mixup(recipe, self.num_classes)
         if self.mixup is not None and self.batch_size % 2:
             raise RecipeError(f"mixup/cutmix need an even train.batch_size, got {self.batch_size}")
-
-    def _build_mixup(self) -> Any:
-        a = self.augment
-        if a.mixup <= 0 and a.cutmix <= 0:
-            return None
-        from timm.data import Mixup
-
-        return Mixup(
-            mixup_alpha=a.mixup,
-            cutmix_alpha=a.cutmix,
-            prob=a.mixup_prob,
-            switch_prob=a.mixup_switch_prob,
-            mode="batch",
-            label_smoothing=a.label_smoothing,
-            num_classes=self.num_classes,
-        )
 
     def __len__(self) -> int:
         return self.num_batches

@@ -16,6 +16,7 @@ does not implement).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from torchvision import transforms
 
@@ -191,4 +192,22 @@ def build_eval_transform(
         interpolation=interpolation,
         mean=tuple(mean),
         std=tuple(std),
+    )
+
+
+def build_mixup(recipe: Recipe, num_classes: int) -> Any:
+    """timm's Mixup/CutMix (with label smoothing folded into its soft targets), or None when off."""
+    aug = recipe.augment
+    if aug.mixup <= 0 and aug.cutmix <= 0:
+        return None
+    from timm.data import Mixup
+
+    return Mixup(
+        mixup_alpha=aug.mixup,
+        cutmix_alpha=aug.cutmix,
+        prob=aug.mixup_prob,
+        switch_prob=aug.mixup_switch_prob,
+        mode="batch",
+        label_smoothing=aug.label_smoothing,
+        num_classes=num_classes,
     )
