@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import run_astro
 from torchvision.datasets import ImageFolder
 
 from astrocli.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
-from astrocli.cli import main
 from astrocli.data import build_eval_transform
 from astrocli.models import create_model
 from astrocli.recipe import Recipe
@@ -38,21 +37,6 @@ def make_checkpoint(path: Path, class_names: list[str], data_root: str, seed: in
     )
     save_checkpoint(path, model.state_dict(), meta)
     return path
-
-
-def run_astro(
-    args: list, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
-) -> tuple[int, str, str]:
-    """Run the real `astro` entry point in-process: (exit status, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["astro", *map(str, args)])
-    monkeypatch.setenv("COLUMNS", "200")
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")

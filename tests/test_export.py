@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +10,10 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from helpers import run_astro
 from safetensors.torch import load_file
 
 from astrocli.checkpoint import CheckpointMeta, save_checkpoint
-from astrocli.cli import main
 from astrocli.export import ATOL, RTOL, export_checkpoint
 from astrocli.models import create_model
 from astrocli.recipe import Recipe
@@ -39,21 +38,6 @@ def make_checkpoint(path: Path, model_name: str, img_size: int, data_root: Path,
     )
     save_checkpoint(path, model.state_dict(), meta)
     return path
-
-
-def run_astro(
-    args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
-) -> tuple[int, str, str]:
-    """Run the real `astro` entry point in-process: (exit status, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["astro", *map(str, args)])
-    monkeypatch.setenv("COLUMNS", "200")
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")

@@ -6,16 +6,15 @@ import csv
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import run_astro
 from PIL import Image
 
 from astrocli.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
-from astrocli.cli import main
 from astrocli.data import build_eval_transform
 from astrocli.models import create_model
 from astrocli.recipe import Recipe
@@ -43,21 +42,6 @@ def make_checkpoint(path: Path, model_name: str, img_size: int, data_root: Path,
     )
     save_checkpoint(path, model.state_dict(), meta)
     return path
-
-
-def run_astro(
-    args: list, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
-) -> tuple[int, str, str]:
-    """Run the real `astro` entry point in-process: (exit status, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["astro", *map(str, args)])
-    monkeypatch.setenv("COLUMNS", "250")
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")
