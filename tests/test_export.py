@@ -10,34 +10,14 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from helpers import run_astro
+from helpers import make_checkpoint, run_astro
 from safetensors.torch import load_file
 
-from astrocli.checkpoint import CheckpointMeta, save_checkpoint
+from astrocli.checkpoint import save_checkpoint
 from astrocli.export import ATOL, RTOL, export_checkpoint
 from astrocli.models import create_model
-from astrocli.recipe import Recipe
 
 GALAXY_CLASSES = 10
-
-
-def make_checkpoint(path: Path, model_name: str, img_size: int, data_root: Path, seed: int = 0) -> Path:
-    """A checkpoint of a freshly initialised zoo model, with metadata like `astro train` writes."""
-    class_names = sorted(p.name for p in data_root.iterdir() if p.is_dir())
-    torch.manual_seed(seed)
-    model = create_model(model_name, num_classes=len(class_names), img_size=img_size)
-    recipe = Recipe()
-    recipe.model.name = model_name
-    recipe.data.root, recipe.data.img_size, recipe.data.num_workers = str(data_root), img_size, 0
-    meta = CheckpointMeta(
-        model=model_name,
-        num_classes=len(class_names),
-        img_size=img_size,
-        class_names=class_names,
-        recipe=recipe.to_dict(),
-    )
-    save_checkpoint(path, model.state_dict(), meta)
-    return path
 
 
 @pytest.fixture(scope="module")

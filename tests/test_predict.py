@@ -11,42 +11,27 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import run_astro
+from helpers import make_checkpoint, run_astro
 from PIL import Image
 
-from astrocli.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
+from astrocli.checkpoint import load_checkpoint, save_checkpoint
 from astrocli.data import build_eval_transform
 from astrocli.models import create_model
-from astrocli.recipe import Recipe
 
 MODEL = "cct_2_3x2_32"
 
 
-def make_checkpoint(path: Path, model_name: str, img_size: int, data_root: Path, seed: int = 0) -> Path:
-    """A checkpoint of a freshly initialised zoo model, with metadata like `astro train` writes."""
-    class_names = sorted(p.name for p in data_root.iterdir() if p.is_dir())
-    torch.manual_seed(seed)
-    model = create_model(model_name, num_classes=len(class_names), img_size=img_size)
-    recipe = Recipe()
-    recipe.model.name = model_name
-    recipe.data.root, recipe.data.img_size, recipe.data.num_workers = str(data_root), img_size, 0
-    meta = CheckpointMeta(
-        model=model_name,
-        num_classes=len(class_names),
-        img_size=img_size,
-        class_names=class_names,
+@pytest.fixture(scope="module")
+def checkpoint(galaxy_sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_checkpoint(
+        tmp_path_factory.mktemp("ckpt") / "best.safetensors",
+        MODEL,
+        32,
+        galaxy_sample_dir,
         mean=[0.485, 0.456, 0.406],
         std=[0.229, 0.224, 0.225],
         crop_pct=0.875,
-        recipe=recipe.to_dict(),
     )
-    save_checkpoint(path, model.state_dict(), meta)
-    return path
-
-
-@pytest.fixture(scope="module")
-def checkpoint(galaxy_sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "best.safetensors", MODEL, 32, galaxy_sample_dir)
 
 
 @pytest.fixture
