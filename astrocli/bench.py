@@ -28,6 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from astrocli.models import count_params as count_params_of
+
 # ---------------------------------------------------------------------------------------------
 # Parameters and MACs
 # ---------------------------------------------------------------------------------------------
@@ -35,9 +37,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 def count_params(model: nn.Module) -> tuple[int, int]:
     """Return ``(total, trainable)`` parameter counts; works on the meta device (no memory used)."""
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return total, trainable
+    return count_params_of(model), count_params_of(model, trainable_only=True)
 
 
 def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:

@@ -35,6 +35,7 @@ from astrocli.engine import distributed as ddp
 from astrocli.engine.console import TrainConsole
 from astrocli.engine.state import RESUME_FILE, Progress, load_resume_state, save_resume_state
 from astrocli.errors import AstroError
+from astrocli.models import count_params
 from astrocli.recipe import Recipe, recipe_from_dict
 
 METRICS_HEADER = ["epoch", "train_loss", "val_loss", "val_top1", "val_top5", "lr", "img_per_s", "seconds"]
@@ -198,11 +199,6 @@ def load_pretrained(model: nn.Module, path: str) -> None:
     model.load_state_dict(usable, strict=False)
 
 
-def count_parameters(model: nn.Module) -> int:
-    """Trainable parameter count."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
 # ---------------------------------------------------------------------------------------------
 # Run-directory files
 # ---------------------------------------------------------------------------------------------
@@ -307,7 +303,7 @@ class Trainer:
         self.model = build_model(r, bundle.num_classes).to(self.device)
         if r.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.params = count_parameters(self.model)
+        self.params = count_params(self.model, trainable_only=True)
         self.optimizer = build_optimizer(self.model, r, self.device)
         steps = len(self.train_batches)
         if r.train.max_steps_per_epoch:
