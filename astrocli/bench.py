@@ -118,7 +118,14 @@ def count_macs(model: nn.Module, img_size: int, in_chans: int = 3) -> int:
 @dataclass
 class Throughput:
     """Measured speed. ``peak_mem_mb`` is CUDA max-allocated memory on a GPU, the peak resident-set
-    growth of this process on CPU (``peak_mem_kind`` says which; None where neither can be read)."""
+    growth of this process on CPU (``peak_mem_kind`` says which; None where neither can be read).
+
+    ``peak_mem_kind``: ``cuda_max_allocated`` (peak stats reset before the model is measured),
+    ``cpu_rss_peak_delta`` (this process, from the start of the measurement) or
+    ``cpu_rss_peak_fresh_process`` (:func:`bench_model` on a CPU: a new Python process per model,
+    peak resident set from just before the model is built to the end of the measurement, so the
+    weights count and nothing that ran before -- freed memory the allocator would reuse -- does).
+    """
 
     infer_img_s: float | None
     train_img_s: float | None
@@ -180,6 +187,60 @@ class _PeakMemory:
             self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
         elif self.kind == "cpu_rss_peak_delta":
             self.peak_mb = max(0, self._status_kb("VmHWM") - self._start_kb) / 1024
+
+
+def _throughput_in_fresh_process(
+    name: str,
+    num_classes: int,
+    img_size: int,
+    in_chans: int,
+    batch_size: int,
+    warmup: int,
+    repeats: int,
+    threads: int,
+) -> dict[str, Any]:
+    """Build and measure ``name`` on the CPU; run in a spawned process by :func:`_isolated_throughput`."""
+    torch.set_num_threads(threads)
+    with _PeakMemory(torch.device("cpu")) as whole:  # from before the build: the weights count
+        model = build_model(name, num_classes, img_size, in_chans, device="cpu")
+        speed = measure_throughput(model, img_size, in_chans, batch_size, "cpu", warmup, repeats)
+    if whole.kind is not None:
+        # The inner measurement reset the high-water mark to the resident set after the build,
+        # which is still at least this process's peak since the outer start.
+        speed.peak_mem_mb, speed.peak_mem_kind = whole.peak_mb, "cpu_rss_peak_fresh_process"
+    return asdict(speed)
+
+
+def _isolated_throughput(
+    name: str, num_classes: int, img_size: int, in_chans: int, batch_size: int, warmup: int, repeats: int
+) -> Throughput:
+    """CPU throughput and peak memory of one model in a new Python process.
+
+    Why a process: in one process the C allocator hands the next model the memory the previous
+    one freed, so its resident-set growth, and with it the reported peak, depended on what ran
+    before. A forked child would inherit that heap; a new interpreter starts clean (cost: the
+    torch import, 1-2 s per model). ``python -c`` rather than multiprocessing's spawn, which
+    re-imports the caller's ``__main__`` and fails in scripts without a ``__main__`` guard.
+    """
+    import os
+    import subprocess
+    import sys
+
+    from astrocli.errors import AstroError
+
+    args = [name, num_classes, img_size, in_chans, batch_size, warmup, repeats, torch.get_num_threads()]
+    code = (
+        "import json, sys; from astrocli.bench import _throughput_in_fresh_process as run; "
+        "print(json.dumps(run(*json.loads(sys.argv[1]))))"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}  # the same astrocli
+    proc = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(args)], capture_output=True, text=True, env=env, check=False
+    )
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
+        raise AstroError(f"benchmarking {name} in a fresh process failed: {last}")
+    return Throughput(**json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
 def training_step_fn(model: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> Callable[[], None]:
@@ -252,6 +313,8 @@ class RunResult:
     best_top1: float
     params: int | None = None
     macs: int | None = None
+    dataset: str = ""  # data.source: runs on different data are never joined into one curve
+    in_chans: int = 3
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (adds ``flops`` = 2 x MACs)."""
@@ -305,7 +368,8 @@ def _read_run(run_dir: Path) -> RunResult | None:
     if top1 is None:
         return None
     model_name = (recipe.get("model") or {}).get("name") or summary.get("model")
-    img_size = int((recipe.get("data") or {}).get("img_size", 32))
+    data = recipe.get("data") or {}
+    img_size = int(data.get("img_size", 32))
     return RunResult(
         run=str(run_dir),
         model=str(model_name),
@@ -313,6 +377,10 @@ def _read_run(run_dir: Path) -> RunResult | None:
         img_size=img_size,
         num_classes=_num_classes(run_dir, summary),
         best_top1=top1,
+        # What the run itself counted (its channels and classes), when its summary says.
+        params=int(summary["params"]) if summary.get("params") is not None else None,
+        dataset=str(summary.get("data_source") or data.get("source") or ""),
+        in_chans=int(data.get("in_chans", 3)),
     )
 
 
@@ -334,16 +402,37 @@ def read_runs(directory: str | Path, with_cost: bool = True) -> list[RunResult]:
             continue
         if with_cost:
             try:
-                cost = params_and_macs(result.model, result.img_size, result.num_classes)
-                result.params, result.macs = cost
+                params, result.macs = params_and_macs(
+                    result.model, result.img_size, result.num_classes, result.in_chans
+                )
+                result.params = result.params if result.params is not None else params
             except AstroError:  # a model the zoo no longer builds: still listed, just not on the curves
-                result.params = result.macs = None
+                result.macs = None
         runs.append(result)
     return runs
 
 
+def scaling_curves(runs: Sequence[RunResult], attribute: str) -> dict[str, list[tuple[float, float]]]:
+    """``(x, best top-1)`` points sorted by x, per curve: one per model family and data set.
+
+    Runs on different data sets are never one curve (their accuracies are not comparable); the
+    curve is named ``family (dataset)`` when the runs span several data sets, else ``family``.
+    """
+    several_datasets = len({run.dataset for run in runs}) > 1
+    curves: dict[str, list[tuple[float, float]]] = {}
+    for family, dataset in sorted({(run.family, run.dataset) for run in runs}):
+        points = sorted(
+            (getattr(run, attribute), run.best_top1)
+            for run in runs
+            if (run.family, run.dataset) == (family, dataset) and getattr(run, attribute)
+        )
+        if points:
+            curves[f"{family} ({dataset})" if several_datasets and dataset else family] = points
+    return curves
+
+
 def plot_scaling(runs: Sequence[RunResult], path: str | Path) -> Path:
-    """Draw top-1 against params and against MACs (log x), one line per model family; save a PNG."""
+    """Draw top-1 against params and against MACs (log x), one line per family and data set; save a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -352,17 +441,10 @@ def plot_scaling(runs: Sequence[RunResult], path: str | Path) -> Path:
 
     path = Path(path)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    families = sorted({run.family for run in runs})
     for axis, attribute, label in ((axes[0], "params", "parameters"), (axes[1], "macs", "MACs per image")):
-        for family in families:
-            points = sorted(
-                (getattr(run, attribute), run.best_top1)
-                for run in runs
-                if run.family == family and getattr(run, attribute)
-            )
-            if points:
-                xs, ys = zip(*points, strict=True)
-                axis.plot(xs, ys, marker="o", label=family)
+        for name, points in scaling_curves(runs, attribute).items():
+            xs, ys = zip(*points, strict=True)
+            axis.plot(xs, ys, marker="o", label=name)
         axis.set_xscale("log")
         # 300k / 1M / 3G instead of crowded 3x10^5 minor labels
         axis.xaxis.set_major_formatter(EngFormatter())
@@ -370,7 +452,7 @@ def plot_scaling(runs: Sequence[RunResult], path: str | Path) -> Path:
         axis.set_xlabel(label)
         axis.set_ylabel("best top-1 (%)")
         axis.grid(True, which="both", alpha=0.3)
-    axes[0].legend(title="family")
+    axes[0].legend(title="family (data)" if len({run.dataset for run in runs}) > 1 else "family")
     fig.suptitle("Top-1 against model size")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -491,11 +573,14 @@ def bench_model(
     device: str | torch.device = "cpu",
     warmup: int = 3,
     repeats: int = 10,
+    isolate: bool = True,
 ) -> dict[str, Any]:
     """Benchmark one named model; returns a row with every key of :data:`BENCH_FIELDS`.
 
     Params and MACs come from a ``meta`` build (so any model size is fine); throughput builds the
-    model on ``device`` and is skipped, with a ``note``, when the model cannot fit there.
+    model on ``device`` and is skipped, with a ``note``, when the model cannot fit there. On a CPU
+    with ``isolate`` (the default) throughput and peak memory are measured in a new process, so
+    the peak does not depend on the models benchmarked before (see :class:`Throughput`).
     Values not measured are None.
     """
     check_model_name(name)
@@ -515,8 +600,12 @@ def bench_model(
             notes.append("MACs not counted: the model does not fit in memory")
     if throughput:
         if fits_in_memory(total, device, copies=4):
-            model = build_model(name, num_classes, img_size, in_chans, device=device)
-            speed = measure_throughput(model, img_size, in_chans, batch_size, device, warmup, repeats)
+            if device.type == "cpu" and isolate:
+                args = (name, num_classes, img_size, in_chans, batch_size, warmup, repeats)
+                speed = _isolated_throughput(*args)
+            else:  # CUDA: the peak statistics are reset per model, nothing to isolate
+                model = build_model(name, num_classes, img_size, in_chans, device=device)
+                speed = measure_throughput(model, img_size, in_chans, batch_size, device, warmup, repeats)
             row.update(asdict(speed), batch_size=batch_size, device=str(device))
             if speed.peak_mem_kind is None:
                 notes.append("peak memory unavailable on this platform")

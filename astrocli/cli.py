@@ -10,10 +10,11 @@ from __future__ import annotations
 import sys
 
 import typer
-from rich.console import Console
 
 from astrocli import __version__, is_missing_pytorch
 from astrocli.errors import AstroError
+from astrocli.notices import install_warning_printer
+from astrocli.output import make_console
 
 app = typer.Typer(
     name="astro",
@@ -67,7 +68,8 @@ _register_commands()
 
 def main() -> None:
     """Entry point of the ``astro`` console script: user errors become one line, never a traceback."""
-    err = Console(stderr=True)
+    err = make_console(stderr=True)
+    install_warning_printer()  # library warnings meant for the user: one `warning:` line each
     try:
         # standalone_mode=False makes click *return* the code of a `raise typer.Exit(code)`.
         exit_code = app(standalone_mode=False)

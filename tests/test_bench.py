@@ -112,6 +112,9 @@ def test_cli_default_reports_all_three_as_json_and_writes_output(tmp_path: Path)
     assert row["macs"] > 0 and row["flops"] == 2 * row["macs"]
     assert row["infer_img_s"] > 0 and row["train_img_s"] > 0
     assert row["batch_size"] == 2 and row["device"] == "cpu"
+    # Measured in a fresh process per model, so the peak does not depend on what ran before.
+    assert row["peak_mem_kind"] in ("cpu_rss_peak_fresh_process", None)
+    assert row["peak_mem_kind"] is None or row["peak_mem_mb"] > 0
 
 
 def test_cli_csv_and_table_formats() -> None:

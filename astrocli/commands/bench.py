@@ -42,6 +42,7 @@ _RUN_COLUMNS = (
     ("run", "run", str),
     ("model", "model", str),
     ("family", "family", str),
+    ("dataset", "data", str),
     ("img_size", "img", str),
     ("best_top1", "best top-1 (%)", lambda v: f"{v:.2f}"),
     ("params", "params (M)", lambda v: f"{v / 1e6:.3f}"),
@@ -51,18 +52,18 @@ _RUN_COLUMNS = (
 
 def _render_table(rows: list[dict[str, Any]], columns: tuple, title: str) -> str:
     """Rows as a rich table, rendered to text (so it can go to stdout or a file alike)."""
-    from rich.console import Console
     from rich.table import Table
 
     shown = [c for c in columns if any(row.get(c[0]) is not None for row in rows)]
     table = Table(title=title)
     for key, header, _ in shown:
-        table.add_column(header, justify="left" if key in ("model", "run", "family", "note") else "right")
+        text = key in ("model", "run", "family", "note")
+        table.add_column(header, justify="left" if text else "right", no_wrap=key in ("model", "run"))
     for row in rows:
         table.add_row(*("-" if row.get(key) is None else fmt(row[key]) for key, _, fmt in shown))
-    buffer = io.StringIO()
-    Console(file=buffer, width=200, force_terminal=False).print(table)
-    return buffer.getvalue()
+    from astrocli.output import render_text
+
+    return render_text(table)  # stdout's width, or unwrapped when piped (no run path cut in two)
 
 
 def _render(rows: list[dict[str, Any]], fmt: OutputFormat, columns: tuple, title: str) -> str:
@@ -190,4 +191,10 @@ def register(app: typer.Typer) -> None:
                     )
                 )
         title = f"MACs/FLOPs per image; throughput at batch {batch_size} on {run_device}"
+        if throughput:  # say what the peak-memory column measures (peak_mem_kind in json/csv)
+            title += (
+                "; peak mem: CUDA max allocated"
+                if run_device == "cuda"
+                else "; peak mem: resident-set growth of a fresh process per model, weights included"
+            )
         _emit(_render(rows, fmt, _MODEL_COLUMNS, title), output)

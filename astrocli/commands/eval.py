@@ -9,6 +9,7 @@ from typing import Any
 import typer
 
 from astrocli.errors import AstroError
+from astrocli.output import FORMAT_HELP, OutputFormat
 
 
 def _summary_table(report: dict[str, Any]) -> Any:
@@ -73,6 +74,31 @@ def _confusion_table(report: dict[str, Any]) -> Any:
     return table
 
 
+def _machine_output(report: dict[str, Any], fmt: OutputFormat) -> str:
+    """``--format json``: the report as ``--json`` writes it; ``csv``: per-class rows, then the averages."""
+    import json
+
+    from astrocli.output import rows_csv
+
+    if fmt is OutputFormat.json:
+        return json.dumps(report, indent=2) + "\n"
+    columns = ("class_index", "label", "precision", "recall", "f1", "support")
+    rows = [*report["per_class"], *({"label": f"{a} avg", **report[a]} for a in ("macro", "weighted"))]
+    return rows_csv(rows, columns)
+
+
+def _tta_warning(recipe: dict[str, Any] | None) -> str | None:
+    """Why ``--tta`` may mislead: the model never saw horizontally flipped images in training."""
+    augment = (recipe or {}).get("augment") or {}
+    hflip = augment.get("hflip")
+    if hflip is None or float(hflip) > 0:
+        return None  # trained with flips (or the recipe is unknown): the flipped view is in-distribution
+    return (
+        "--tta averages each image with its horizontal flip, but this model trained with "
+        "augment.hflip=0 (flips can change the class, e.g. digits); the TTA score may be lower"
+    )
+
+
 def eval_command(
     checkpoint: Path = typer.Argument(
         ..., help="A .safetensors checkpoint or an exported .onnx model.", show_default=False
@@ -94,10 +120,11 @@ def eval_command(
         None, "--workers", help="DataLoader workers (default: data.num_workers, at most the CPU count)."
     ),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N (PyTorch checkpoints)."),
+    fmt: OutputFormat = typer.Option(
+        OutputFormat.table, "--format", help=FORMAT_HELP + " json: the whole report; csv: per-class rows."
+    ),
 ) -> None:
     """Evaluate a model on the split its recipe validated on (or the one the overrides name)."""
-    from rich.console import Console
-
     from astrocli.data import build_datasets
     from astrocli.evaluate import (
         check_labels,
@@ -107,14 +134,18 @@ def eval_command(
         write_report_json,
     )
     from astrocli.inference import load_runner
+    from astrocli.output import make_console
 
-    console = Console()
+    # With --format json/csv stdout carries the data only; the messages go to stderr.
+    console = make_console(stderr=fmt is not OutputFormat.table)
     if plot is not None and plot.suffix.lower() != ".png":
         raise AstroError(f"--plot '{plot}' must end in .png")
     if batch_size < 1:
         raise AstroError(f"--batch-size must be at least 1, got {batch_size}")
     runner = load_runner(checkpoint, device=device)
     console.print(f"model: {runner.describe()}", highlight=False)
+    if tta and (tta_note := _tta_warning(getattr(runner.meta, "recipe", None))):
+        console.print(f"[yellow]warning:[/] {tta_note}", highlight=False)
     recipe = eval_recipe(runner.meta, overrides or [])
     if recipe.data.in_chans != runner.meta.in_chans:
         raise AstroError(
@@ -136,9 +167,12 @@ def eval_command(
     report["data"] = {"source": recipe.data.source, "root": recipe.data.root, "split": heldout}
     report["split_info"] = split_info
 
-    console.print(_summary_table(report))
-    console.print(_per_class_table(report))
-    console.print(_confusion_table(report))
+    if fmt is OutputFormat.table:
+        console.print(_summary_table(report))
+        console.print(_per_class_table(report))
+        console.print(_confusion_table(report))
+    else:
+        print(_machine_output(report, fmt), end="")
     if json_path is not None:
         write_report_json(report, json_path)
         console.print(f"wrote {json_path}", highlight=False)

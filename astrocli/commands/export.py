@@ -45,11 +45,10 @@ def export_command(
     ),
 ) -> None:
     """Export a checkpoint; ONNX and TorchScript are verified (rtol 1e-3, atol 1e-4) before writing."""
-    from rich.console import Console
-
     from astrocli.export import export_checkpoint
+    from astrocli.output import make_console
 
-    console = Console()
+    console = make_console()
     with console.status(f"exporting {checkpoint} to {fmt.value} ..."):
         result = export_checkpoint(
             checkpoint, fmt.value, output=output, opset=opset, images=images, exporter=exporter.value

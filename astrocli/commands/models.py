@@ -8,6 +8,7 @@ from typing import Any
 import typer
 
 from astrocli.errors import AstroError
+from astrocli.output import FORMAT_HELP, OutputFormat
 
 
 def _describe(name: str, with_macs: bool, num_classes: int) -> dict[str, Any]:
@@ -35,16 +36,19 @@ def _describe(name: str, with_macs: bool, num_classes: int) -> dict[str, Any]:
 
 
 def _print_table(rows: list[dict[str, Any]], num_classes: int) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from astrocli.output import make_console
 
     table = Table(title=f"astro model zoo ({num_classes} classes, MACs for one image at the default size)")
     for column in ("name", "family", "img size", "params", "MACs"):
-        table.add_column(column, justify="left" if column in ("name", "family") else "right")
+        table.add_column(
+            column, justify="left" if column in ("name", "family") else "right", no_wrap=column == "name"
+        )
     for row in rows:
         macs = "-" if row["macs"] is None else f"{row['macs'] / 1e9:.3f} G"
         table.add_row(row["model"], row["family"], str(row["img_size"]), f"{row['params'] / 1e6:.3f} M", macs)
-    Console().print(table)
+    make_console().print(table)
 
 
 def models_command(
@@ -53,18 +57,20 @@ def models_command(
     ),
     macs: bool = typer.Option(True, "--macs/--no-macs", help="Count MACs (attention products included)."),
     num_classes: int = typer.Option(10, "--num-classes", help="Classifier size used for the counts."),
-    output_format: str = typer.Option("table", "--format", help="table or json."),
+    output_format: OutputFormat = typer.Option(OutputFormat.table, "--format", help=FORMAT_HELP),
 ) -> None:
     """List the model zoo: name, family, default image size, parameters and MACs."""
     from astrocli.models import FAMILIES, list_models
 
     if family is not None and family not in FAMILIES:
         raise AstroError(f"unknown family {family!r}; choose one of: {', '.join(FAMILIES)}")
-    if output_format not in ("table", "json"):
-        raise AstroError(f"--format must be table or json, not {output_format!r}")
     rows = [_describe(name, macs, num_classes) for name in list_models(family)]
-    if output_format == "json":
+    if output_format is OutputFormat.json:
         print(json.dumps(rows, indent=2))
+    elif output_format is OutputFormat.csv:
+        from astrocli.output import rows_csv
+
+        print(rows_csv(rows), end="")
     else:
         _print_table(rows, num_classes)
 

@@ -8,6 +8,7 @@ from typing import Any
 import typer
 
 from astrocli.errors import AstroError
+from astrocli.output import FORMAT_HELP, OutputFormat
 
 
 def _table(rows: list[dict[str, Any]], top_k: int) -> Any:
@@ -48,21 +49,23 @@ def predict_command(
     ),
     batch_size: int = typer.Option(32, "--batch-size", "-b", help="Images per forward pass."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N (PyTorch checkpoints)."),
+    fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", help=FORMAT_HELP),
 ) -> None:
     """Predict the class of each image; unreadable files get an error row and exit status 1."""
-    from rich.console import Console
-
     from astrocli.inference import load_runner
+    from astrocli.output import make_console, rows_json
     from astrocli.predict import (
         check_output_path,
         collect_inputs,
         find_latest_checkpoint,
         predict_files,
+        predictions_csv,
         write_predictions,
     )
     from astrocli.recipe import Recipe
 
-    console = Console()
+    # With --format json/csv stdout carries the data only; the messages go to stderr.
+    console = make_console(stderr=fmt is not OutputFormat.table)
     if output is not None:
         check_output_path(output)
     if batch_size < 1:
@@ -87,7 +90,10 @@ def predict_command(
 
     rows = predict_files(runner, inputs.files, top_k=top_k, batch_size=batch_size) + inputs.missing
     shown_k = min(top_k, len(runner.class_names))
-    console.print(_table(rows, shown_k))
+    if fmt is OutputFormat.table:
+        console.print(_table(rows, shown_k))
+    else:
+        print(rows_json(rows) if fmt is OutputFormat.json else predictions_csv(rows, shown_k), end="")
     failed = sum("error" in row for row in rows)
     if output is not None:
         write_predictions(rows, output)

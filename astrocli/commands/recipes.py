@@ -4,20 +4,28 @@ from __future__ import annotations
 
 import typer
 
+from astrocli.output import FORMAT_HELP, OutputFormat
+
+COLUMNS = ("name", "model", "dataset", "img_size", "epochs", "target")
+
 
 def register(app: typer.Typer) -> None:
     """Add the ``recipes`` command to the astro app."""
 
     @app.command("recipes")
     def recipes_command(
-        as_json: bool = typer.Option(False, "--json", help="Print JSON lines instead of a table."),
+        fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", help=FORMAT_HELP),
+        as_json: bool = typer.Option(
+            False, "--json", hidden=True, help="Deprecated: one JSON object per line (use --format json)."
+        ),
     ) -> None:
         """List the shipped recipes: name, model, dataset, image size and the paper result they target."""
         import json
 
-        from rich.console import Console
+        from rich.markup import escape
         from rich.table import Table
 
+        from astrocli.output import make_console, rows_csv, rows_json
         from astrocli.recipe import PACKAGED_RECIPES, load_recipe
 
         rows = []
@@ -37,13 +45,18 @@ def register(app: typer.Typer) -> None:
             for row in rows:
                 print(json.dumps(row))
             return
+        if fmt is not OutputFormat.table:
+            print(rows_json(rows) if fmt is OutputFormat.json else rows_csv(rows, COLUMNS), end="")
+            return
         table = Table(title=f"{len(rows)} shipped recipes (astro train --recipe NAME)")
-        for column in ("name", "model", "dataset", "img_size", "epochs", "target"):
+        for column in COLUMNS:
+            # Names never fold (a recipe name cut in two cannot be pasted); the free text may.
             table.add_column(
-                column, overflow="fold", justify="right" if column in ("img_size", "epochs") else "left"
+                column,
+                overflow="fold" if column == "target" else "ellipsis",
+                no_wrap=column != "target",
+                justify="right" if column in ("img_size", "epochs") else "left",
             )
         for row in rows:
-            table.add_row(
-                *(str(row[c]) for c in ("name", "model", "dataset", "img_size", "epochs", "target"))
-            )
-        Console().print(table)
+            table.add_row(*(escape(str(row[c])) for c in COLUMNS))
+        make_console().print(table)

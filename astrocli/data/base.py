@@ -24,6 +24,7 @@ from astrocli.imaging import IMAGE_EXTENSIONS as IMAGE_EXTENSIONS
 from astrocli.imaging import convert_image as convert_image
 from astrocli.imaging import image_mode as image_mode
 from astrocli.imaging import is_image_file as is_image_file
+from astrocli.notices import SkipLog, SkippedImagesWarning, skipped_images_line
 
 # PIL's ITU-R 601-2 luma weights, so array and PIL conversions to grayscale agree.
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -46,8 +47,12 @@ class ImageFileDataset(Dataset):
     """Samples stored as image files: ``samples`` is a list of ``(path, class_index)``.
 
     A file that cannot be decoded at read time is reported (once, by path) and replaced by the
-    next readable sample, so one corrupt file never kills a long run.
+    next readable sample, so one corrupt file never kills a long run. The report goes to
+    ``skip_log`` when a run sets one (the trainer prints one line per epoch, also for skips in
+    DataLoader workers), else to a :class:`~astrocli.notices.SkippedImagesWarning`.
     """
+
+    skip_log: SkipLog | None = None
 
     def __init__(self, samples: Sequence[tuple[str, int]], in_chans: int = 3) -> None:
         self.samples = list(samples)
@@ -76,13 +81,19 @@ class ImageFileDataset(Dataset):
         raise OSError("no readable image in this dataset")
 
     def _report(self, path: str, exc: Exception) -> None:
-        if path not in self._reported:
-            self._reported.add(path)
-            warnings.warn(f"unreadable image skipped: {path} ({exc})", stacklevel=3)
+        if path in self._reported:
+            return
+        self._reported.add(path)
+        if self.skip_log is not None:
+            self.skip_log.add(path, str(exc))
+        else:
+            warnings.warn(SkippedImagesWarning(f"{skipped_images_line([path])} ({exc})"), stacklevel=3)
 
     def subset(self, indices: Sequence[int]) -> ImageFileDataset:
         """The samples at ``indices`` as a new dataset."""
-        return ImageFileDataset([self.samples[i] for i in indices], self.in_chans)
+        subset = ImageFileDataset([self.samples[i] for i in indices], self.in_chans)
+        subset.skip_log = self.skip_log
+        return subset
 
 
 class ArrayStore(Protocol):

@@ -18,6 +18,7 @@ from PIL import Image
 from astrocli.data.base import ImageFileDataset, is_image_file
 from astrocli.data.sources import IMAGENET_MEAN, IMAGENET_STD, SourceData
 from astrocli.errors import DataError
+from astrocli.notices import SkippedImagesWarning, skipped_images_line
 from astrocli.recipe import DataConfig
 
 HELDOUT_FOLDERS = ("val", "test")
@@ -60,9 +61,8 @@ def drop_unreadable(samples: list[tuple[str, int]], where: Path) -> list[tuple[s
     for sample in samples:
         (good if is_readable_image(sample[0]) else bad).append(sample)
     if bad:
-        listed = ", ".join(path for path, _ in bad[:MAX_LISTED_BAD_FILES])
-        more = f" and {len(bad) - MAX_LISTED_BAD_FILES} more" if len(bad) > MAX_LISTED_BAD_FILES else ""
-        warnings.warn(f"{len(bad)} unreadable image(s) under {where} skipped: {listed}{more}", stacklevel=2)
+        line = skipped_images_line([path for path, _ in bad], where, limit=MAX_LISTED_BAD_FILES)
+        warnings.warn(SkippedImagesWarning(line), stacklevel=2)
     return good
 
 

@@ -58,6 +58,7 @@ from astrocli.checkpoint import save_tensors
 from astrocli.data import tensor_augment as aug
 from astrocli.data.transforms import build_mixup
 from astrocli.errors import AstroError, DataError, RecipeError
+from astrocli.progress import track
 from astrocli.recipe import DataConfig, Recipe
 
 CACHE_FORMAT = 1  # bump when the cache layout or decoding changes
@@ -177,24 +178,31 @@ def stored_size(img_size: int, crop_pct: float) -> int:
     return max(img_size, int(round(img_size / crop_pct)))
 
 
-def _decode_all(dataset: Any, cfg: DataConfig) -> np.ndarray:
+def _decode_all(dataset: Any, cfg: DataConfig, split: str = "") -> np.ndarray:
     """Decode every sample to uint8 ``[N, H, W, C]``: native size if all agree, else resized."""
     first, _ = dataset[0]
     native = (first.height, first.width)
     arrays: list[np.ndarray] = []
-    for index in range(len(dataset)):
+    for index in track(range(len(dataset)), _decoding(dataset, split), len(dataset)):
         image, _ = dataset[index]
         if (image.height, image.width) != native:
-            return _decode_resized(dataset, cfg)  # rare: mixed sizes, decode again at one size
+            break  # rare: mixed sizes, decode again at one size (below, after this bar is closed)
         arrays.append(_as_hwc(image, cfg.in_chans))
-    return np.stack(arrays)
+    else:
+        return np.stack(arrays)
+    return _decode_resized(dataset, cfg, split)
 
 
-def _decode_resized(dataset: Any, cfg: DataConfig) -> np.ndarray:
+def _decoding(dataset: Any, split: str) -> str:
+    """The progress bar's words: decoding 60,000 JPEGs takes minutes, the user is told what runs."""
+    return f"decoding {len(dataset)} {split + ' ' if split else ''}images into the tensor cache"
+
+
+def _decode_resized(dataset: Any, cfg: DataConfig, split: str = "") -> np.ndarray:
     side = stored_size(cfg.img_size, cfg.crop_pct)
     resample = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}.get(cfg.interpolation, Image.NEAREST)
     out = np.empty((len(dataset), side, side, cfg.in_chans), dtype=np.uint8)
-    for index in range(len(dataset)):
+    for index in track(range(len(dataset)), _decoding(dataset, split), len(dataset)):
         image, _ = dataset[index]
         scale = side / min(image.width, image.height)
         w, h = max(side, round(image.width * scale)), max(side, round(image.height * scale))
@@ -247,7 +255,7 @@ def build_tensor_cache(dataset: Any, cfg: DataConfig, split: str) -> TensorCache
         loaded = _load_cache(located[1], len(labels))
         if loaded is not None:
             return TensorCache(loaded, labels, located[0], located[1])
-    images = _to_nchw(_decode_all(dataset, cfg))
+    images = _to_nchw(_decode_all(dataset, cfg, split))
     if located is None:
         return TensorCache(images, labels, key="uncached")
     key, path = located

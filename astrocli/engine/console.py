@@ -1,8 +1,9 @@
 """What a person (or a script) sees while training.
 
 Three modes (``output.log``, or ``--quiet`` / ``--jsonl``):
-- ``rich``: a progress bar per epoch (loss, lr, images/s, ETA), a table of each epoch's metrics and a
-  final summary table;
+- ``rich``: a progress bar per epoch (loss, lr, images/s, ETA) with a second bar while validating
+  (and one while the tensor cache is decoded), a table of the epochs' metrics (its header printed
+  once, then one row per epoch) and a final summary table;
 - ``quiet``: warnings and the run directory only;
 - ``jsonl``: one JSON object per line on stdout (``{"event": "epoch", ...}``) for scripts.
 Only rank 0 prints; the other ranks get a console that says nothing.
@@ -14,7 +15,6 @@ import json
 import sys
 from typing import Any
 
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -25,6 +25,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from astrocli.output import make_console
+
 METRIC_COLUMNS = (
     ("train_loss", "train loss", "{:.4f}"),
     ("val_loss", "val loss", "{:.4f}"),
@@ -34,6 +36,12 @@ METRIC_COLUMNS = (
     ("img_per_s", "img/s", "{:.1f}"),
     ("seconds", "s", "{:.1f}"),
 )
+
+
+# Minimum widths of the epoch table's columns, so that rows printed one at a time line up under the
+# header printed once (a wider value widens only its own row).
+EPOCH_WIDTH = 5
+METRIC_WIDTH = 9
 
 
 def _fmt(fmt: str, value: Any) -> str:
@@ -51,10 +59,14 @@ class TrainConsole:
     def __init__(self, mode: str = "rich", enabled: bool = True) -> None:
         self.mode = mode
         self.enabled = enabled
-        self.out = Console(highlight=False)
-        self.err = Console(stderr=True, highlight=False)
+        # Piped or redirected, lines are never wrapped (a run dir cut in two cannot be pasted).
+        self.out = make_console(highlight=False)
+        self.err = make_console(stderr=True, highlight=False)
         self._progress: Progress | None = None
         self._task: Any = None
+        self._aux_task: Any = None  # validation / cache decoding: a second bar under the epoch's
+        self._aux_progress: Progress | None = None  # the same outside an epoch (no epoch bar to join)
+        self._header_printed = False
 
     # -- plain messages ---------------------------------------------------------------------------
 
@@ -72,13 +84,30 @@ class TrainConsole:
             self._jsonl("message", text=text)
 
     def warn(self, text: str) -> None:
-        """Something the user should know even in quiet mode (stderr)."""
+        """Something the user should know even in quiet mode (stderr), on a line of its own."""
         if not self.enabled:
             return
         if self.mode == "jsonl":
             self._jsonl("warning", text=text)
+            return
+        live = self._live()
+        if live is not None and live.console.is_terminal:
+            # A second console writing under a live bar continues the bar's line; printing through
+            # the bar's own console puts the line above the bar (and clears an echoed ^C).
+            live.console.print(f"[yellow]warning:[/] {text}", highlight=False)
         else:
             self.err.print(f"[yellow]warning:[/] {text}")
+
+    def _live(self) -> Progress | None:
+        return self._progress or self._aux_progress
+
+    def close(self) -> None:
+        """Take any bar off the screen (before an error line, so that it starts a line of its own)."""
+        for progress in (self._aux_progress, self._progress):
+            if progress is not None:
+                progress.stop()
+        self._progress = self._aux_progress = None
+        self._task = self._aux_task = None
 
     def start(self, info: dict[str, Any]) -> None:
         """Announce the run: model, data, device, run directory."""
@@ -94,64 +123,105 @@ class TrainConsole:
 
     # -- the per-epoch progress bar ---------------------------------------------------------------
 
-    def epoch_start(self, epoch: int, total_epochs: int, steps: int) -> None:
-        """Open the progress bar of epoch ``epoch`` (1-based) with ``steps`` batches."""
+    def epoch_start(self, epoch: int, total_epochs: int, steps: int, completed: int = 0) -> None:
+        """Open the progress bar of epoch ``epoch`` (1-based) with ``steps`` batches, ``completed`` done."""
         if not self.enabled or self.mode != "rich":
             return
-        self._progress = Progress(
-            TextColumn(f"[bold]epoch {epoch}/{total_epochs}"),
+        self.close()
+        self._progress = self._new_progress()
+        self._progress.start()
+        self._task = self._progress.add_task(
+            f"[bold]epoch {epoch}/{total_epochs}",
+            total=steps,
+            completed=completed,
+            info="loss -  lr -  - img/s",
+        )
+
+    def _new_progress(self) -> Progress:
+        return Progress(
+            TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}  {task.fields[speed]} img/s"),
+            TextColumn("{task.fields[info]}"),
             TimeElapsedColumn(),
             TextColumn("eta"),
             TimeRemainingColumn(),
             console=self.out,
             transient=True,
         )
-        self._progress.start()
-        self._task = self._progress.add_task("train", total=steps, loss="-", lr="-", speed="-")
+
+    # -- other long steps: validation, decoding the tensor cache (astrocli.progress.ProgressSink) --
+
+    def task_begin(self, description: str, total: int) -> None:
+        """A second bar (under the epoch's, or alone outside an epoch) for ``total`` items."""
+        if not self.enabled:
+            return
+        if self.mode == "jsonl":
+            self._jsonl("task", text=description, total=total)
+            return
+        if self.mode != "rich":
+            return
+        self.task_end()
+        progress = self._progress
+        if progress is None:
+            progress = self._aux_progress = self._new_progress()
+            progress.start()
+        self._aux_task = progress.add_task(description, total=total, info="")
+
+    def task_update(self, completed: int) -> None:
+        """Move the second bar to ``completed`` items."""
+        live = self._live()
+        if self.enabled and live is not None and self._aux_task is not None:
+            live.update(self._aux_task, completed=completed)
+
+    def task_end(self) -> None:
+        """Remove the second bar."""
+        if self._aux_task is None:
+            return
+        live = self._live()
+        if live is not None:
+            live.remove_task(self._aux_task)
+        self._aux_task = None
+        if self._aux_progress is not None:
+            self._aux_progress.stop()
+            self._aux_progress = None
 
     def step(self, done: int, loss: float | None, lr: float, img_per_s: float) -> None:
         """Move the bar to ``done`` batches with the latest running loss, lr and throughput."""
         if not self.enabled:
             return
         if self.mode == "rich" and self._progress is not None:
+            shown_loss = "-" if loss is None else f"{loss:.4f}"
             self._progress.update(
-                self._task,
-                completed=done,
-                loss="-" if loss is None else f"{loss:.4f}",
-                lr=f"{lr:.2e}",
-                speed=f"{img_per_s:.0f}",
+                self._task, completed=done, info=f"loss {shown_loss}  lr {lr:.2e}  {img_per_s:.0f} img/s"
             )
 
     def epoch_end(self, row: dict[str, Any], is_best: bool) -> None:
         """Close the bar and show the epoch's metrics."""
         if not self.enabled:
             return
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
+        self.close()
         if self.mode == "jsonl":
             self._jsonl("epoch", **row, best=is_best)
         elif self.mode == "rich":
-            table = Table(show_edge=False, header_style="bold")
-            table.add_column("epoch", justify="right")
+            # The header goes with the first row only; later rows are one-row tables without a
+            # header, lined up by the columns' minimum widths.
+            table = Table(show_edge=False, header_style="bold", show_header=not self._header_printed)
+            table.add_column("epoch", justify="right", min_width=EPOCH_WIDTH)
             for _, title, _ in METRIC_COLUMNS:
-                table.add_column(title, justify="right")
+                table.add_column(title, justify="right", min_width=max(METRIC_WIDTH, len(title)))
             cells = [_fmt(fmt, row.get(key)) for key, _, fmt in METRIC_COLUMNS]
             if is_best and row.get("val_top1") is not None:
                 cells[2] = f"[green]{cells[2]} *[/]"
             table.add_row(str(row["epoch"]), *cells)
             self.out.print(table)
+            self._header_printed = True
 
     def finish(self, summary: dict[str, Any]) -> None:
         """The final summary (best top-1, its epoch, time, run dir); quiet mode prints the run dir."""
         if not self.enabled:
             return
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
+        self.close()
         if self.mode == "jsonl":
             self._jsonl("summary", **summary)
             return

@@ -43,6 +43,18 @@ class Progress:
     best_top1: float = -1.0
     best_epoch: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    # Training-loss sum (over images) and image count of the ``step_in_epoch`` batches already run
+    # in the unfinished epoch (all ranks), so that the resumed epoch reports its whole train loss.
+    # Resume files written before these fields existed load with the defaults.
+    epoch_loss_sum: float = 0.0
+    epoch_images: int = 0
+
+    def position(self, steps_per_epoch: int | None = None) -> str:
+        """Where the run stands, in the words the stop message and the resume banner share."""
+        if self.step_in_epoch:
+            of = f" of {steps_per_epoch}" if steps_per_epoch else ""
+            return f"epoch {self.epoch + 1}, after step {self.step_in_epoch}{of}"
+        return f"the end of epoch {self.epoch}" if self.epoch else "the start"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -36,9 +36,12 @@ from astrocli.engine.console import TrainConsole
 from astrocli.engine.state import RESUME_FILE, Progress, load_resume_state, save_resume_state
 from astrocli.errors import AstroError
 from astrocli.models import count_params
+from astrocli.notices import SkipLog, skipped_images_line
+from astrocli.progress import report_to as report_progress
 from astrocli.recipe import Recipe, recipe_from_dict
 
 METRICS_HEADER = ["epoch", "train_loss", "val_loss", "val_top1", "val_top5", "lr", "img_per_s", "seconds"]
+SKIPPED_IMAGES_FILE = "skipped-images.txt"  # images that could not be decoded, one per line, with the reason
 LOG_EVERY = 10  # host syncs (loss.item(), NaN check) once per this many steps, not every step
 
 StepHook = Callable[["Trainer", int, int], None]  # (trainer, epoch, step) before each step; for tests
@@ -106,6 +109,15 @@ def unique_run_dir(output_dir: str, name: str) -> Path:
         candidate = base.with_name(f"{base.name}-{n}")
     candidate.mkdir(parents=True)
     return candidate
+
+
+def attach_skip_log(bundle: Any, path: Path) -> SkipLog:
+    """Send the images skipped while reading ``bundle`` (main process and DataLoader workers) to ``path``."""
+    log = SkipLog(path)
+    for dataset in (bundle.train, bundle.val):
+        if hasattr(dataset, "skip_log"):  # image-file datasets; array datasets have nothing to skip
+            dataset.skip_log = log
+    return log
 
 
 def build_optimizer(model: nn.Module, recipe: Recipe, device: torch.device) -> torch.optim.Optimizer:
@@ -292,6 +304,7 @@ class Trainer:
 
         r, dist = self.recipe, self.dist
         self.bundle = bundle
+        self.skip_log = attach_skip_log(bundle, self.run_dir / SKIPPED_IMAGES_FILE)
         self.train_batches = build_train_batches(bundle, r, self.device, dist.rank, dist.world_size)
         self.eval_batches = build_eval_batches(
             bundle.val, r, self.device, dist.rank, dist.world_size, mean=bundle.mean, std=bundle.std
@@ -336,6 +349,13 @@ class Trainer:
             seed_everything(r.train.seed + dist.rank, r.train.deterministic)
 
         self.train_model = self._wrap_model(self.model)
+        self.report_skipped_images()  # those the tensor cache could not decode
+
+    def report_skipped_images(self) -> None:
+        """One console line for the images skipped since the last report (any process, any split)."""
+        new = self.skip_log.new_paths()
+        if new:
+            self.console.warn(f"{skipped_images_line(new)} (all listed in {self.skip_log.path})")
 
     def _wrap_model(self, model: nn.Module) -> nn.Module:
         """DDP for several processes, then ``torch.compile`` when asked."""
@@ -396,11 +416,17 @@ class Trainer:
         skip = self.progress.step_in_epoch if epoch == self.progress.epoch else 0
         self.train_model.train()
         batches = self._epoch_batches(epoch, skip)
-        self.console.epoch_start(epoch + 1, self.total_epochs, self.steps_per_epoch)
+        self.console.epoch_start(epoch + 1, self.total_epochs, self.steps_per_epoch, completed=skip)
 
         loss_sum = torch.zeros((), device=self.device)  # on the device: no host sync per step
         nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
         images_seen, step, start = 0, skip, time.perf_counter()
+        # A resumed epoch's loss includes the steps run before the stop (saved summed over ranks).
+        carried = torch.tensor(
+            [self.progress.epoch_loss_sum, float(self.progress.epoch_images)] if skip else [0.0, 0.0],
+            device=self.device,
+        )
+        stopped_mid_epoch = False
         while step < self.steps_per_epoch:
             try:
                 images, targets = next(batches)
@@ -439,15 +465,19 @@ class Trainer:
                 self.stop_signal = self.stop_signal or signal.SIGTERM  # another rank was signalled
                 if step < self.steps_per_epoch:
                     self.progress.step_in_epoch = step
+                    stopped_mid_epoch = True
                 break
         self._check_finite(nonfinite, epoch, step)
         seconds = time.perf_counter() - start
         totals = ddp.all_reduce_sum(
             torch.stack([loss_sum.float(), torch.tensor(float(images_seen), device=self.device)])
         )
+        whole = totals + carried
+        sums = whole.tolist() if stopped_mid_epoch else [0.0, 0.0]
+        self.progress.epoch_loss_sum, self.progress.epoch_images = sums[0], int(sums[1])
         return {
             "epoch": epoch + 1,
-            "train_loss": (totals[0] / totals[1].clamp(min=1)).item(),
+            "train_loss": (whole[0] / whole[1].clamp(min=1)).item(),
             "lr": self.current_lr(),
             "img_per_s": totals[1].item() / max(seconds, 1e-9),
             "train_seconds": seconds,
@@ -507,7 +537,9 @@ class Trainer:
         """Validation loss, top-1 and top-5 (percent) over the whole held-out set, summed over ranks."""
         model.eval()
         totals = torch.zeros(4, device=self.device)  # loss sum, top-1 hits, top-5 hits, images
-        for images, targets in self.eval_batches:
+        label = "validating" if model is self.model else "validating EMA"
+        self.console.task_begin(label, len(self.eval_batches))
+        for done, (images, targets) in enumerate(self.eval_batches, 1):
             with torch.autocast(
                 self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
             ):
@@ -523,6 +555,8 @@ class Trainer:
                     torch.tensor(float(len(targets)), device=self.device),
                 ]
             )
+            self.console.task_update(done)
+        self.console.task_end()
         totals = ddp.all_reduce_sum(totals)
         n = totals[3].clamp(min=1)
         loss, top1, top5 = (totals[0] / n).item(), (100 * totals[1] / n).item(), (100 * totals[2] / n).item()
@@ -551,6 +585,7 @@ class Trainer:
                 self.progress.extra["best_weights"] = weights
                 self._save_model("best.safetensors", module, weights, epoch + 1, metrics)
         row["seconds"] = row.pop("train_seconds") + time.perf_counter() - eval_start
+        self.report_skipped_images()
         self.history.append(row)
         self.progress.epoch, self.progress.step_in_epoch = epoch + 1, 0
         self.progress.extra["total_seconds"] = total_seconds + time.perf_counter() - eval_start
@@ -608,13 +643,9 @@ class Trainer:
         self.progress.epoch = epoch
         self._save_last_and_resume(epoch, {"step_in_epoch": self.progress.step_in_epoch})
         name = signal.Signals(self.stop_signal).name
-        where = (
-            f"epoch {epoch + 1} after step {self.progress.step_in_epoch}"
-            if self.progress.step_in_epoch
-            else f"after epoch {epoch}"
-        )
+        where = self.progress.position(self.steps_per_epoch)
         raise TrainingInterrupted(
-            f"{name}: stopped {where} and saved the run; "
+            f"{name}: stopped at {where} and saved the run; "
             f"continue it with: astro train --resume {self.run_dir}",
             exit_code=128 + int(self.stop_signal),
         )
@@ -754,7 +785,8 @@ def train(
         if dist.is_main and resume is None:
             _write_run_header(run_dir, recipe, bundle)
         trainer = Trainer(recipe, run_dir, dist, device, console, step_hook)
-        trainer.setup(bundle, resume)
+        with report_progress(console):  # decoding the tensor cache shows a bar
+            trainer.setup(bundle, resume)
         console.start(
             {
                 "run dir": run_dir,
@@ -764,17 +796,11 @@ def train(
                 "device": f"{device} x{dist.world_size}"
                 + (f", autocast {trainer.amp_dtype}" if trainer.amp_dtype else ""),
                 "schedule": f"{trainer.total_epochs} epochs x {trainer.steps_per_epoch} steps",
-                **(
-                    {
-                        "resumed": f"after epoch {trainer.progress.epoch}, "
-                        f"step {trainer.progress.step_in_epoch}"
-                    }
-                    if resume
-                    else {}
-                ),
+                **({"resumed": f"at {trainer.progress.position(trainer.steps_per_epoch)}"} if resume else {}),
             }
         )
         trainer.fit()
     finally:
+        console.close()  # no bar left on screen under the error line
         ddp.shutdown_distributed()
     return run_dir
