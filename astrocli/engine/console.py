@@ -5,7 +5,9 @@ Three modes (``output.log``, or ``--quiet`` / ``--jsonl``):
   (and one while the tensor cache is decoded), a table of the epochs' metrics (its header printed
   once, then one row per epoch) and a final summary table;
 - ``quiet``: warnings and the run directory only;
-- ``jsonl``: one JSON object per line on stdout (``{"event": "epoch", ...}``) for scripts.
+- ``jsonl``: one JSON object per line on stdout (``{"event": "epoch", ...}``) for scripts; events
+  ``start``, ``task`` (a long step begins: ``text``, ``total``), ``epoch``, ``warning``, ``message``,
+  ``summary``.
 Only rank 0 prints; the other ranks get a console that says nothing.
 """
 
