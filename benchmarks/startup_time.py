@@ -32,7 +32,9 @@ def imports_torch(args: list[str]) -> bool:
         text=True,
         check=True,
     )
-    return any(line.rstrip().endswith(("| torch", "| timm")) for line in proc.stderr.splitlines())
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("import time:")]
+    modules = {line.split("|")[-1].strip() for line in lines}
+    return bool(modules & {"torch", "timm"})
 
 
 def main() -> None:
