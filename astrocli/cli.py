@@ -74,7 +74,9 @@ def main() -> None:
         if isinstance(exit_code, int) and exit_code:
             sys.exit(exit_code)
     except AstroError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        from rich.markup import escape  # a message may hold [brackets]: `[0.08, 1.0]`, paths
+
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)

@@ -33,6 +33,13 @@ def eval_recipe(meta: CheckpointMeta, overrides: Sequence[str] = ()) -> Recipe:
     """The checkpoint's recipe with ``KEY=VALUE`` overrides applied (validated like ``astro train``'s)."""
     raw: dict[str, Any] = copy.deepcopy(meta.recipe) if meta.recipe else {}
     for item in overrides:
+        key = item.partition("=")[0].strip()
+        if key == "model" or key.startswith("model."):
+            # The checkpoint fixes the architecture and weights; a model.* override would be ignored.
+            raise AstroError(
+                f"override '{item}' cannot apply: astro eval runs the checkpoint's own model "
+                f"({meta.model}); drop it, or evaluate another checkpoint"
+            )
         apply_override(raw, item)
     return recipe_from_dict(raw)
 

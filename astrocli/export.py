@@ -26,7 +26,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from astrocli.checkpoint import CheckpointMeta, atomic_write_bytes, atomic_write_text, load_checkpoint
+from astrocli.checkpoint import (
+    CheckpointMeta,
+    atomic_write_bytes,
+    atomic_write_text,
+    check_writable,
+    load_checkpoint,
+)
 from astrocli.errors import AstroError
 
 FORMATS = ("onnx", "torchscript", "safetensors")
@@ -375,6 +381,7 @@ def export_checkpoint(
     path = Path(output) if output is not None else default_output(checkpoint, fmt)
     if path.resolve() == checkpoint.resolve():
         raise AstroError(f"--output '{path}' is the checkpoint itself; choose another path")
+    check_writable(safetensors_output_paths(path)[0] if fmt == "safetensors" else path)
     result = ExportResult(format=fmt, path=path)
 
     if fmt == "safetensors":

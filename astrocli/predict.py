@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from astrocli.checkpoint import atomic_write_text
+from astrocli.checkpoint import atomic_write_text, check_writable
 from astrocli.errors import AstroError
 from astrocli.imaging import convert_image, image_mode, is_image_file
 from astrocli.inference import Runner
@@ -230,6 +230,7 @@ def check_output_path(output: str | Path) -> Path:
         )
     if path.is_dir():
         raise AstroError(f"--output '{output}' is a directory; give a file name ending in .json or .csv")
+    check_writable(path)
     return path
 
 

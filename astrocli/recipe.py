@@ -14,8 +14,10 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -41,18 +43,7 @@ class ModelConfig:
 class DataConfig:
     """Where the images come from and how they are split and fed."""
 
-    source: Literal[
-        "imagefolder",
-        "galaxy10_decals",
-        "galaxy10_sdss",
-        "cifar10",
-        "cifar100",
-        "mnist",
-        "fashion_mnist",
-        "flowers102",
-        "tiny_imagenet",
-        "digits",
-    ] = "imagefolder"
+    source: str = "imagefolder"  # a source registered in astrocli.data.sources.SOURCES
     root: str = "data"
     img_size: int = 32
     in_chans: int = 3
@@ -66,7 +57,7 @@ class DataConfig:
     mean: list[float] | None = None  # None: the source's statistics
     std: list[float] | None = None
     pipeline: Literal["auto", "loader", "tensor"] = "auto"  # tensor: decoded uint8 cache + batched aug
-    cache_dir: str | None = None  # tensor cache location (default: <root>/.astro-cache)
+    cache_dir: str | None = None  # tensor cache folder (default: ~/.cache/astro/tensors, platformdirs)
     num_workers: int = 4
     crop_pct: float = 1.0  # evaluation: resize to img_size / crop_pct, then centre-crop img_size
     interpolation: Literal["bilinear", "bicubic", "nearest"] = "bicubic"
@@ -198,7 +189,7 @@ def load_recipe(name_or_path: str | Path | None = None, overrides: list[str] | N
         try:
             loaded = yaml.safe_load(path.read_text())
         except yaml.YAMLError as exc:
-            raise RecipeError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+            raise RecipeError(describe_yaml_error(path, exc)) from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -248,9 +239,143 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     node[parts[-1]] = _OverrideValue(value.strip(), parsed)
 
 
+def describe_yaml_error(path: Path, exc: yaml.YAMLError) -> str:
+    """One line naming the file, line and column of a YAML syntax error (PyYAML's text spans lines)."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    if mark is None:
+        return f"{path}: not valid YAML ({problem}); fix the syntax"
+    return (
+        f"{path}, line {mark.line + 1}, column {mark.column + 1}: not valid YAML ({problem}); "
+        "fix the syntax there (indent with spaces, `key: value`)"
+    )
+
+
 def recipe_from_dict(raw: dict[str, Any]) -> Recipe:
-    """Build a :class:`Recipe` from plain data, strictly: every key known, every value typed."""
-    return _build(Recipe, raw, "")
+    """Build a :class:`Recipe` from plain data, strictly: every key known, every value typed and in range."""
+    recipe = _build(Recipe, raw, "")
+    check_ranges(recipe)
+    return recipe
+
+
+# --------------------------------------------------------------------------------------------
+# Range checks: one table of constraints, applied to every recipe built (train, eval, cv, tune,
+# resume), so nothing starts that cannot finish. Without them a zero batch size surfaced as a
+# ZeroDivisionError mid-setup and `train.epochs=0` as timm's AssertionError.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """A test a key's value must pass (None always passes: it means "the default") and what it expects."""
+
+    test: Callable[[Any], bool]
+    expect: str
+
+
+def _in_range(low: float, high: float, *, low_open: bool = False, high_open: bool = False) -> Constraint:
+    def test(v: float) -> bool:
+        above = v > low if low_open else v >= low
+        below = v < high if high_open else v <= high
+        return above and below
+
+    brackets = ("(" if low_open else "[", ")" if high_open else "]")
+    return Constraint(test, f"a number in {brackets[0]}{low:g}, {high:g}{brackets[1]}")
+
+
+POSITIVE = Constraint(lambda v: v > 0, "positive")
+NON_NEGATIVE = Constraint(lambda v: v >= 0, "zero or more")
+PROBABILITY = _in_range(0.0, 1.0)
+NON_EMPTY = Constraint(lambda v: bool(v.strip()), "a non-empty name")
+SPLITS = ("auto", "val", "test", "stratified")
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def _range_pair(low: float, high: float) -> Constraint:
+    """``[lo, hi]`` with ``low <= lo <= hi <= high`` (random-resized-crop scale and ratio)."""
+    return Constraint(
+        lambda v: len(v) == 2 and low <= v[0] <= v[1] <= high,
+        f"two numbers [lo, hi] with {low:g} <= lo <= hi <= {high:g}",
+    )
+
+
+def _registered_source(name: str) -> bool:
+    # Imported here: astrocli.data.sources imports this module (for DataConfig).
+    from astrocli.data.sources import SOURCES
+
+    return name in SOURCES
+
+
+def _source_names() -> str:
+    from astrocli.data.sources import SOURCES
+
+    return "one of " + ", ".join(repr(name) for name in SOURCES)
+
+
+CONSTRAINTS: dict[str, Constraint] = {
+    "model.drop_rate": _in_range(0.0, 1.0, high_open=True),
+    "model.drop_path_rate": _in_range(0.0, 1.0, high_open=True),
+    "data.source": Constraint(_registered_source, "a registered source"),  # expect filled in on failure
+    "data.img_size": POSITIVE,
+    "data.in_chans": Constraint(lambda v: v in (1, 3), "1 or 3"),
+    "data.split": Constraint(lambda v: v in SPLITS, "one of " + ", ".join(repr(v) for v in SPLITS)),
+    "data.val_fraction": _in_range(0.0, 1.0, low_open=True, high_open=True),
+    "data.num_workers": NON_NEGATIVE,
+    "data.crop_pct": _in_range(0.0, 1.0, low_open=True),
+    "data.mean": Constraint(lambda v: len(v) > 0, "a list with one value per channel"),
+    "data.std": Constraint(lambda v: len(v) > 0 and all(s > 0 for s in v), "a list of positive numbers"),
+    "augment.scale": _range_pair(0.0, 1.0),
+    "augment.ratio": _range_pair(1e-6, math.inf),
+    "augment.padding": NON_NEGATIVE,
+    "augment.hflip": PROBABILITY,
+    "augment.vflip": PROBABILITY,
+    "augment.color_jitter": NON_NEGATIVE,
+    "augment.re_prob": PROBABILITY,
+    "augment.re_count": POSITIVE,
+    "augment.mixup": NON_NEGATIVE,
+    "augment.cutmix": NON_NEGATIVE,
+    "augment.mixup_prob": PROBABILITY,
+    "augment.mixup_switch_prob": PROBABILITY,
+    "augment.mixup_off_epoch": NON_NEGATIVE,
+    "augment.label_smoothing": _in_range(0.0, 1.0, high_open=True),
+    "train.epochs": POSITIVE,
+    "train.batch_size": POSITIVE,
+    "train.lr": POSITIVE,
+    "train.weight_decay": NON_NEGATIVE,
+    "train.momentum": PROBABILITY,
+    "train.warmup_epochs": NON_NEGATIVE,
+    "train.warmup_lr": NON_NEGATIVE,
+    "train.min_lr": NON_NEGATIVE,
+    "train.cooldown_epochs": NON_NEGATIVE,
+    "train.decay_epochs": POSITIVE,
+    "train.decay_rate": POSITIVE,
+    "train.grad_clip": POSITIVE,
+    "train.accum_steps": POSITIVE,
+    "train.ema_decay": PROBABILITY,
+    "train.eval_every": POSITIVE,
+    "train.max_steps_per_epoch": POSITIVE,
+    "train.device": Constraint(lambda v: bool(DEVICE_PATTERN.fullmatch(v)), "auto, cpu, cuda or cuda:N"),
+    "output.name": NON_EMPTY,
+    "output.save_every": POSITIVE,
+}
+
+
+def check_ranges(recipe: Recipe) -> None:
+    """Raise RecipeError for the first value :data:`CONSTRAINTS` rejects, naming the key and a fix."""
+    for key, constraint in CONSTRAINTS.items():
+        section, name = key.split(".")
+        value = getattr(getattr(recipe, section), name)
+        if value is None or constraint.test(value):
+            continue
+        expect = _source_names() if key == "data.source" else constraint.expect
+        default = getattr(getattr(Recipe(), section), name)
+        example = f" (the default is {key}={_yaml_scalar(default)})" if key != "data.source" else ""
+        raise RecipeError(f"recipe key '{key}' must be {expect}, got {_yaml_scalar(value)}{example}")
+
+
+def _yaml_scalar(value: Any) -> str:
+    """A value as it would be typed in an override (``[0.08, 1.0]``, ``null``, ``cpu``)."""
+    return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
 
 
 def _build(cls: type, raw: Any, prefix: str) -> Any:

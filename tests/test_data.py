@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import class_dirs
 from PIL import Image
 
 from astrocli.data import build_datasets, build_eval_transform, build_train_transform
@@ -85,7 +86,7 @@ def test_odd_modes_are_converted_and_bad_files_reported(cifar10_small: Path, tmp
 
 def write_cifar10_binary(cifar10_small: Path, root: Path) -> dict[str, list[tuple[np.ndarray, int]]]:
     """CIFAR-10's binary on-disk format (<label><3072 bytes CHW>) made from real CIFAR-10 images."""
-    classes = sorted(p.name for p in (cifar10_small / "train").iterdir())
+    classes = [p.name for p in class_dirs(cifar10_small / "train")]
     folder = root / "cifar-10-batches-bin"
     folder.mkdir(parents=True)
     (folder / "batches.meta.txt").write_text("\n".join(classes) + "\n\n")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import class_dirs
 from PIL import Image
 from torchvision import datasets
 
@@ -25,7 +26,7 @@ Record = tuple[np.ndarray, int]
 
 def cifar_images(cifar10_small: Path, split: str, per_class: int) -> list[Record]:
     """``per_class`` real CIFAR-10 images of every class as (uint8 HxWx3, CIFAR-10 label)."""
-    classes = sorted(p.name for p in (cifar10_small / "train").iterdir())
+    classes = [p.name for p in class_dirs(cifar10_small / "train")]
     return [
         (np.asarray(Image.open(path).convert("RGB")), label)
         for label, cls in enumerate(classes)
@@ -206,7 +207,7 @@ def write_flowers102(galaxy_sample_dir: Path, root: Path) -> dict[str, list[tupl
     (base / "jpg").mkdir(parents=True)
     sources = [
         (path, int(folder.name.split("-")[0]) * 10 + 3)  # 0-based flower label: 3, 13, ..., 93
-        for folder in sorted(p for p in galaxy_sample_dir.iterdir() if p.is_dir())
+        for folder in class_dirs(galaxy_sample_dir)
         for path in sorted(folder.glob("*.jpg"))[:2]
     ]
     for image_id, (path, _) in enumerate(sources, start=1):

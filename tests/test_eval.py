@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import run_astro
+from helpers import class_dirs, run_astro
 from torchvision.datasets import ImageFolder
 
 from astrocli.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
@@ -41,7 +41,7 @@ def make_checkpoint(path: Path, class_names: list[str], data_root: str, seed: in
 
 @pytest.fixture(scope="module")
 def cifar_classes(cifar10_small: Path) -> list[str]:
-    return sorted(p.name for p in (cifar10_small / "train").iterdir())
+    return [p.name for p in class_dirs(cifar10_small / "train")]
 
 
 @pytest.fixture(scope="module")

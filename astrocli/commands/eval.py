@@ -98,6 +98,7 @@ def eval_command(
     """Evaluate a model on the split its recipe validated on (or the one the overrides name)."""
     from rich.console import Console
 
+    from astrocli.checkpoint import check_writable
     from astrocli.data import build_datasets
     from astrocli.evaluate import (
         check_labels,
@@ -113,6 +114,9 @@ def eval_command(
         raise AstroError(f"--plot '{plot}' must end in .png")
     if batch_size < 1:
         raise AstroError(f"--batch-size must be at least 1, got {batch_size}")
+    for output in (json_path, plot):
+        if output is not None:
+            check_writable(output)  # before the evaluation, not after it
     runner = load_runner(checkpoint, device=device)
     console.print(f"model: {runner.describe()}", highlight=False)
     recipe = eval_recipe(runner.meta, overrides or [])

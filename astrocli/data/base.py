@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 
 # Defined in the torch-free astrocli.imaging (ONNX predict runs without torch); re-exported here.
 from astrocli.imaging import IMAGE_EXTENSIONS as IMAGE_EXTENSIONS
+from astrocli.imaging import UNREADABLE_IMAGE_ERRORS
 from astrocli.imaging import convert_image as convert_image
 from astrocli.imaging import image_mode as image_mode
 from astrocli.imaging import is_image_file as is_image_file
@@ -71,7 +72,7 @@ class ImageFileDataset(Dataset):
             candidate = (index + offset) % len(self.samples)
             try:
                 return self.load(candidate), self.targets[candidate]
-            except (OSError, ValueError, SyntaxError) as exc:  # PIL raises all three for bad files
+            except UNREADABLE_IMAGE_ERRORS as exc:
                 self._report(self.samples[candidate][0], exc)
         raise OSError("no readable image in this dataset")
 

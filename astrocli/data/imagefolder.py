@@ -18,6 +18,7 @@ from PIL import Image
 from astrocli.data.base import ImageFileDataset, is_image_file
 from astrocli.data.sources import IMAGENET_MEAN, IMAGENET_STD, SourceData
 from astrocli.errors import DataError
+from astrocli.imaging import UNREADABLE_IMAGE_ERRORS
 from astrocli.recipe import DataConfig
 
 HELDOUT_FOLDERS = ("val", "test")
@@ -50,7 +51,7 @@ def is_readable_image(path: str) -> bool:
     try:
         with Image.open(path):
             return True
-    except (OSError, ValueError, SyntaxError):
+    except UNREADABLE_IMAGE_ERRORS:
         return False
 
 

@@ -7,8 +7,9 @@ Public API (used by ``astrocli/data/pipeline.py``):
   when there is one, else host RAM). ``data.pipeline: auto`` picks this pipeline when True.
 - ``build_tensor_cache(dataset, cfg: DataConfig, split: str) -> TensorCache``: uint8 ``[N, C, H, W]``
   images + int64 labels, decoded once. Image-file datasets are saved with safetensors under
-  ``cfg.cache_dir or <cfg.root>/.astro-cache/`` keyed by a hash of (file paths, sizes, mtimes,
-  labels, in_chans, stored size, split), so the second run loads without decoding anything.
+  ``cfg.cache_dir`` (default: the user cache folder, :func:`default_cache_dir`) keyed by a hash of
+  (file paths, sizes, mtimes, labels, in_chans, stored size, split), so the second run loads
+  without decoding anything.
   Array-backed datasets (``uint8_array()``: h5, CIFAR binaries) are taken as they are, no disk copy.
   Images keep their native size when all are equal (CIFAR 32 px, Galaxy 256 px); otherwise each is
   resized (shorter side) and centre-cropped to ``max(img_size, round(img_size / crop_pct))``.
@@ -57,7 +58,7 @@ from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from astrocli.checkpoint import save_tensors
 from astrocli.data import tensor_augment as aug
 from astrocli.data.transforms import build_mixup
-from astrocli.errors import AstroError, DataError, RecipeError
+from astrocli.errors import AstroError, DataError, OutputError, RecipeError
 from astrocli.recipe import DataConfig, Recipe
 
 CACHE_FORMAT = 1  # bump when the cache layout or decoding changes
@@ -213,6 +214,14 @@ def _to_nchw(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array.transpose(0, 3, 1, 2)))
 
 
+def default_cache_dir() -> Path:
+    """The user's cache folder (``~/.cache/astro/tensors`` on Linux), never the dataset folder,
+    which may be read-only or shared (a hidden folder there also became a "class")."""
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("astro")) / "tensors"
+
+
 def cache_path(dataset: Any, cfg: DataConfig, split: str) -> tuple[str, Path] | None:
     """(key, file) of the disk cache for an image-file dataset; None for other datasets."""
     samples = getattr(dataset, "samples", None)
@@ -227,7 +236,7 @@ def cache_path(dataset: Any, cfg: DataConfig, split: str) -> tuple[str, Path] | 
         "interpolation": cfg.interpolation,
     }
     key = hashlib.blake2b(json.dumps(description, sort_keys=True).encode(), digest_size=16).hexdigest()
-    root = Path(cfg.cache_dir) if cfg.cache_dir else Path(cfg.root) / ".astro-cache"
+    root = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
     return key, root / f"tensors-{split}-{key}.safetensors"
 
 
@@ -271,7 +280,7 @@ def _save_cache(path: Path, images: torch.Tensor, labels: torch.Tensor) -> None:
     """Write atomically (temp file + rename); an unwritable location only costs the next run time."""
     try:
         save_tensors(path, {"images": images, "labels": labels}, {"format": "astro-tensor-cache/1"})
-    except OSError:
+    except (OSError, OutputError):  # OutputError: read-only or full (astrocli.errors.write_error)
         pass
 
 

@@ -33,7 +33,8 @@ import torch.nn as nn
 from astrocli.checkpoint import CheckpointMeta, atomic_write_bytes, atomic_write_text, save_checkpoint
 from astrocli.engine import distributed as ddp
 from astrocli.engine.console import TrainConsole
-from astrocli.engine.state import RESUME_FILE, Progress, load_resume_state, save_resume_state
+from astrocli.engine.run_guard import RunGuard, load_resume_or_explain
+from astrocli.engine.state import RESUME_FILE, Progress, save_resume_state
 from astrocli.errors import AstroError
 from astrocli.models import count_params
 from astrocli.recipe import Recipe, recipe_from_dict
@@ -101,11 +102,19 @@ def unique_run_dir(output_dir: str, name: str) -> Path:
     """``<output.dir>/<output.name>``, or the first free ``-2``, ``-3``, ... so no run is overwritten."""
     base = Path(output_dir) / name
     candidate, n = base, 1
-    while candidate.exists():
-        n += 1
-        candidate = base.with_name(f"{base.name}-{n}")
-    candidate.mkdir(parents=True)
-    return candidate
+    while True:
+        try:
+            base.parent.mkdir(parents=True, exist_ok=True)
+            candidate.mkdir()  # atomic: two runs starting at once get different directories
+            return candidate
+        except FileExistsError:
+            n += 1
+            candidate = base.with_name(f"{base.name}-{n}")
+        except OSError as exc:  # read-only, no permission, full: one line naming the key to change
+            raise AstroError(
+                f"cannot create the run directory {candidate} ({exc.strerror}); "
+                "set output.dir to a writable folder"
+            ) from None
 
 
 def build_optimizer(model: nn.Module, recipe: Recipe, device: torch.device) -> torch.optim.Optimizer:
@@ -587,9 +596,9 @@ class Trainer:
             )
 
     def _save_last_and_resume(self, epoch: int, metrics: dict[str, Any]) -> None:
-        """``last.safetensors`` then the resume state (both atomic; resume never points past ``last``)."""
+        """The resume state, then ``last.safetensors`` (both atomic). Resume first: if the disk fills
+        up, the run can still continue from the newest state once space is freed."""
         self.progress.extra["saved_epoch"] = epoch
-        self._save_model("last.safetensors", self.model, "model", epoch, metrics)
         if self.dist.is_main:
             save_resume_state(
                 self.run_dir / RESUME_FILE,
@@ -601,6 +610,7 @@ class Trainer:
                 ema=self.ema.module if self.ema else None,
                 scaler=self.scaler,
             )
+        self._save_model("last.safetensors", self.model, "model", epoch, metrics)
 
     def _stop_after_signal(self, epoch: int) -> None:
         """After SIGINT/SIGTERM: save ``last`` + resume state at ``epoch`` epochs (+ ``step_in_epoch``
@@ -726,7 +736,7 @@ def train(
             raise AstroError(
                 f"'{run_dir}' has no {RESUME_FILE}; pass a run directory written by `astro train`"
             )
-        resume = load_resume_state(state_path)
+        resume = load_resume_or_explain(run_dir)  # a damaged file: says how to start from last.safetensors
         from astrocli.recipe import apply_override
 
         raw = resume.recipe
@@ -746,15 +756,19 @@ def train(
             f"resuming with overrides {' '.join(overrides)}: the learning-rate schedule continues as saved "
             "(extra epochs run at train.min_lr)"
         )
+    guard = RunGuard(enabled=dist.is_main)  # lock, disk space, no debris from failed starts
     try:
         if resume is None:
+            guard.note_new_folders(recipe.output.dir)
             name = str(unique_run_dir(recipe.output.dir, recipe.output.name)) if dist.is_main else ""
             run_dir = Path(ddp.broadcast_string(name, device))
+        guard.start(run_dir, created=resume is None)
         bundle = _load_bundle(recipe, dist)
         if dist.is_main and resume is None:
             _write_run_header(run_dir, recipe, bundle)
         trainer = Trainer(recipe, run_dir, dist, device, console, step_hook)
         trainer.setup(bundle, resume)
+        guard.check_space(trainer.model, recipe)
         console.start(
             {
                 "run dir": run_dir,
@@ -775,6 +789,10 @@ def train(
             }
         )
         trainer.fit()
+    except BaseException as exc:
+        guard.failed(exc)  # removes a new run dir with no checkpoint; a full disk says what is kept
+        raise
     finally:
+        guard.release()
         ddp.shutdown_distributed()
     return run_dir
