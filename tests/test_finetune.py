@@ -376,3 +376,29 @@ def test_unavailable_hub_is_one_line(
     assert f"{endpoint}/someone/tiny-resnet/resolve/main/model.safetensors" in message
     assert "model.pretrained=<that folder>" in message and str(tmp_path / "hf" / "hub") in message
     assert not (tmp_path / "runs").exists()  # failed before creating a run directory
+
+
+def test_torch_files_load_only_through_weights_only(resnet_file: Path, tmp_path: Path) -> None:
+    saved = load_file(str(resnet_file))
+    wrapped = tmp_path / "wrapped.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in saved.items()}}, wrapped)  # a training script's
+    model = timm.create_model("test_resnet", num_classes=10)
+    report = load_pretrained(model, str(wrapped))  # timm unwraps state_dict and strips module.
+    assert report.reinitialised == ["fc.weight", "fc.bias"] and len(report.loaded) == len(saved) - 2
+
+    unsafe = tmp_path / "unsafe.pth"
+    torch.save({"state_dict": saved, "config": Path("x")}, unsafe)  # an object torch.load would have to build
+    with pytest.raises(PretrainedError, match=r"weights_only=True\) cannot read it"):
+        load_pretrained(model, str(unsafe))
+
+
+def test_shipped_finetune_recipe_takes_the_pretrained_statistics() -> None:
+    from astrocli.pretrained import apply_pretrained_stats
+
+    recipe = load_recipe("galaxy10_finetune")
+    assert recipe.model.pretrained == "timm" and recipe.data.img_size == 256
+    assert (recipe.train.freeze_epochs, recipe.train.layer_decay, recipe.train.head_lr_mult) == (1, 0.9, 10)
+    assert apply_pretrained_stats(recipe)  # timm's own config: nothing is downloaded for it
+    assert recipe.data.mean == [0.485, 0.456, 0.406] and recipe.data.std == [0.229, 0.224, 0.225]
+    gray = load_recipe("galaxy10_finetune", ["data.in_chans=1", "data.mean=[0.5]", "data.std=[0.2]"])
+    assert not apply_pretrained_stats(gray) and gray.data.mean == [0.5]  # the recipe's own win
