@@ -25,9 +25,12 @@ initialised. An unreachable Hub is one line naming the file to place and where.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -410,9 +413,10 @@ def _hub_download(
     from astrocli import __version__
 
     try:
-        return hf_hub_download(
-            repo_id, filename, revision=revision, library_name="astro", library_version=__version__
-        )
+        with _quiet_hub_retries():
+            return hf_hub_download(
+                repo_id, filename, revision=revision, library_name="astro", library_version=__version__
+            )
     except LocalEntryNotFoundError:
         # Offline, or the Hub did not answer, and the file is not cached: say what to place where.
         if filename == "config.json" and not required and _hub_cached(repo_id, revision, HF_WEIGHTS):
@@ -436,6 +440,19 @@ def _hub_download(
     except HfHubHTTPError as exc:
         first = str(exc).strip().splitlines()[0][:160]
         raise PretrainedError(f"model.pretrained {label}: the Hub refused {filename} ({first})") from None
+
+
+@contextlib.contextmanager
+def _quiet_hub_retries() -> Iterator[None]:
+    """huggingface_hub retries an unanswered request 5 times (about 23 s) when nothing is cached,
+    logging a warning per retry; keep its retries but not the warnings, so the outcome is one line."""
+    hub_logger = logging.getLogger("huggingface_hub")
+    level = hub_logger.level
+    hub_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        hub_logger.setLevel(level)
 
 
 def _hub_cached(repo_id: str, revision: str | None, filenames: tuple[str, ...]) -> bool:

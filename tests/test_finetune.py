@@ -356,8 +356,12 @@ def test_unavailable_hub_is_one_line(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture,
 ) -> None:
+    import huggingface_hub.utils._http as hub_http
+
     endpoint = f"http://127.0.0.1:{_closed_port()}"
     point_hub_at(monkeypatch, endpoint, tmp_path / "hf", offline=offline)
+    # huggingface_hub retries a refused connection 5 times with 1-8 s pauses; skip the pauses here.
+    monkeypatch.setattr(hub_http.time, "sleep", lambda seconds: None)
     recipe = tmp_path / "finetune.yaml"
     recipe.write_text("model:\n  name: timm/test_resnet\n  pretrained: hf-hub:someone/tiny-resnet\n")
     args = [

@@ -349,12 +349,12 @@ class Trainer:
         from astrocli.finetune import frozen_at, set_frozen
 
         frozen = frozen_at(epoch, self.recipe.train.freeze_epochs)
-        if not set_frozen(self.model, frozen) or not hasattr(self, "train_model"):
+        if not set_frozen(self.model, frozen):
             return
-        self.console.info(
-            f"epoch {epoch + 1}: {'classifier only' if frozen else 'every layer'} trains from now"
-        )
-        self.train_model = self._wrap_model(self.model)  # DDP registers only trainable parameters
+        what = "the classifier only" if frozen else "every layer"
+        self.console.info(f"epoch {epoch + 1}: {what} trains from now (train.freeze_epochs)")
+        if hasattr(self, "train_model"):  # setup wraps after this; later changes wrap again
+            self.train_model = self._wrap_model(self.model)  # DDP registers only trainable parameters
 
     def _wrap_model(self, model: nn.Module) -> nn.Module:
         """DDP for several processes, then ``torch.compile`` when asked."""
