@@ -418,8 +418,10 @@ def _hub_download(
                 repo_id, filename, revision=revision, library_name="astro", library_version=__version__
             )
     except LocalEntryNotFoundError:
-        # Offline, or the Hub did not answer, and the file is not cached: say what to place where.
-        if filename == "config.json" and not required and _hub_cached(repo_id, revision, HF_WEIGHTS):
+        # Offline, or the Hub did not answer, and the file is not cached: say what to place where
+        # (unless the file is optional and the weights file that matters is cached).
+        others = tuple(f for f in HF_WEIGHTS if f != filename)
+        if not required and _hub_cached(repo_id, revision, others):
             return None
         raise PretrainedError(_unavailable_message(label, repo_id, revision, filename)) from None
     except RemoteEntryNotFoundError:

@@ -293,7 +293,11 @@ def hub(resnet_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> I
 
 
 def test_hf_hub_fine_tune_with_freeze_and_exact_resume(
-    hub: HubStandIn, resnet_file: Path, galaxy_sample_dir: Path, tmp_path: Path
+    hub: HubStandIn,
+    resnet_file: Path,
+    galaxy_sample_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     saved = load_file(str(resnet_file))
     extra = {"model.pretrained": "hf-hub:someone/tiny-resnet", "train.freeze_epochs": 1}
@@ -336,6 +340,16 @@ def test_hf_hub_fine_tune_with_freeze_and_exact_resume(
     model = build_model(recipe, num_classes=10, log=lines.append)
     assert lines[0].startswith("pretrained timm/test_resnet.r160_in1k: ")
     assert torch.equal(model.state_dict()["conv1.0.weight"], saved["conv1.0.weight"])
+
+    # HF_HUB_OFFLINE with the files cached: loaded from the cache, no request reaches the Hub.
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    requests = len(hub.requests)
+    model = build_model(recipe_for(galaxy_sample_dir, tmp_path, **extra), num_classes=10)
+    assert len(hub.requests) == requests
+    assert torch.equal(model.state_dict()["conv1.0.weight"], saved["conv1.0.weight"])
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
 
     # A config naming another architecture is caught before the weights are downloaded.
     with pytest.raises(PretrainedError, match="set model.name=timm/test_resnet"):
