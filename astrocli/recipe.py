@@ -36,7 +36,9 @@ class ModelConfig:
     name: str = "cct_7_3x1_32"
     drop_rate: float = 0.0
     drop_path_rate: float | None = None  # None: the model's own default
-    pretrained: str | None = None  # path to a .safetensors checkpoint to start from
+    # Weights to start from: a .safetensors (.pth/.bin) file or folder, hf-hub:<org>/<name>, or timm
+    # (a timm/<name> model's default pretrained tag); see astrocli/pretrained.py
+    pretrained: str | None = None
 
 
 @dataclass
@@ -116,6 +118,9 @@ class TrainConfig:
     eval_every: int = 1
     max_steps_per_epoch: int | None = None  # cap for smoke tests and short schedules
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    layer_decay: float | None = None  # fine-tuning: lr x layer_decay^(layers above), timm's layer decay
+    freeze_epochs: int = 0  # fine-tuning: train only the classifier for the first N epochs
+    head_lr_mult: float = 1.0  # fine-tuning: the classifier's learning-rate multiplier
 
 
 @dataclass

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
+from rich.markup import escape
 
 from astrocli.checkpoint import CheckpointMeta, atomic_write_bytes, atomic_write_text, save_checkpoint
 from astrocli.engine import distributed as ddp
@@ -118,11 +119,22 @@ def unique_run_dir(output_dir: str, name: str) -> Path:
 
 
 def build_optimizer(model: nn.Module, recipe: Recipe, device: torch.device) -> torch.optim.Optimizer:
-    """timm's optimizer factory (no weight decay on biases and norms); fused AdamW on CUDA."""
+    """timm's optimizer factory (no weight decay on biases and norms); fused AdamW on CUDA.
+
+    ``train.layer_decay`` is timm's layer-wise decay; ``train.head_lr_mult`` scales the classifier
+    (astrocli/finetune.py builds those groups; timm's schedulers apply their ``lr_scale``).
+    """
     from timm.optim import create_optimizer_v2
 
+    from astrocli.finetune import check_finetune_config, param_groups
+
     cfg = recipe.train
-    kwargs: dict[str, Any] = {}
+    check_finetune_config(cfg)
+    kwargs: dict[str, Any] = {"layer_decay": cfg.layer_decay}
+    if cfg.head_lr_mult != 1.0:
+        kwargs["param_group_fn"] = lambda m: param_groups(
+            m, cfg.weight_decay, cfg.layer_decay, cfg.head_lr_mult
+        )
     if cfg.optimizer == "sgd":
         kwargs.update(momentum=cfg.momentum, nesterov=cfg.nesterov)
         opt = "sgd"
@@ -172,9 +184,13 @@ def build_train_loss(recipe: Recipe, mixup_on: bool) -> nn.Module:
     return nn.CrossEntropyLoss()
 
 
-def build_model(recipe: Recipe, num_classes: int) -> nn.Module:
-    """The zoo model for ``recipe.model``, optionally started from ``model.pretrained`` weights."""
+def build_model(
+    recipe: Recipe, num_classes: int, *, load_weights: bool = True, log: Callable[[str], None] | None = None
+) -> nn.Module:
+    """The zoo model for ``recipe.model``, started from ``model.pretrained`` weights when
+    ``load_weights`` (not when resuming); ``log`` gets the one-line adaptation report."""
     from astrocli.models import create_model
+    from astrocli.pretrained import load_pretrained
 
     m, d = recipe.model, recipe.data
     model = create_model(
@@ -185,27 +201,11 @@ def build_model(recipe: Recipe, num_classes: int) -> nn.Module:
         drop_rate=m.drop_rate,
         drop_path_rate=m.drop_path_rate,
     )
-    if m.pretrained:
-        load_pretrained(model, m.pretrained)
+    if m.pretrained and load_weights:
+        report = load_pretrained(model, m.pretrained, model_name=m.name, in_chans=d.in_chans)
+        if log is not None:
+            log(report.line())
     return model
-
-
-def load_pretrained(model: nn.Module, path: str) -> None:
-    """Start from a checkpoint's weights; a classifier of another size is left freshly initialised."""
-    from astrocli.checkpoint import load_checkpoint
-
-    state_dict, _ = load_checkpoint(path)
-    try:
-        from astrocli.models import adapt_state_dict
-
-        state_dict = adapt_state_dict(model, state_dict)
-    except ImportError:
-        pass
-    own = model.state_dict()
-    usable = {k: v for k, v in state_dict.items() if k in own and own[k].shape == v.shape}
-    if not usable:
-        raise AstroError(f"model.pretrained '{path}': no tensor fits model '{type(model).__name__}'")
-    model.load_state_dict(usable, strict=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,7 +309,12 @@ class Trainer:
             raise AstroError("the training set gives no batch; lower train.batch_size or add images")
 
         seed_everything(r.train.seed, r.train.deterministic)  # same initial weights on every rank
-        self.model = build_model(r, bundle.num_classes).to(self.device)
+        self.model = build_model(
+            r,
+            bundle.num_classes,
+            load_weights=resume is None,
+            log=lambda line: self.console.info(escape(line)),
+        ).to(self.device)
         if r.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.params = count_params(self.model, trainable_only=True)
@@ -344,7 +349,21 @@ class Trainer:
             # Data order and augmentation differ per rank; initial weights (seeded above) do not.
             seed_everything(r.train.seed + dist.rank, r.train.deterministic)
 
+        self.apply_freeze(self.progress.epoch)
         self.train_model = self._wrap_model(self.model)
+
+    def apply_freeze(self, epoch: int) -> None:
+        """``train.freeze_epochs``: classifier only before that epoch, everything from it (a function of
+        the epoch, so resume is exact); DDP/compile wrap again when the trainable set changes."""
+        from astrocli.finetune import frozen_at, set_frozen
+
+        frozen = frozen_at(epoch, self.recipe.train.freeze_epochs)
+        if not set_frozen(self.model, frozen):
+            return
+        what = "the classifier only" if frozen else "every layer"
+        self.console.info(f"epoch {epoch + 1}: {what} trains from now (train.freeze_epochs)")
+        if hasattr(self, "train_model"):  # setup wraps after this; later changes wrap again
+            self.train_model = self._wrap_model(self.model)  # DDP registers only trainable parameters
 
     def _wrap_model(self, model: nn.Module) -> nn.Module:
         """DDP for several processes, then ``torch.compile`` when asked."""
@@ -369,6 +388,7 @@ class Trainer:
         previous = self.progress.extra.get("total_seconds", 0.0)
         with self._signal_handlers():
             for epoch in range(self.progress.epoch, self.total_epochs):
+                self.apply_freeze(epoch)
                 row = self.train_one_epoch(epoch)
                 if self.stop_signal is not None and self.progress.step_in_epoch:
                     self._stop_after_signal(epoch)  # mid-epoch: save where we are
@@ -508,8 +528,9 @@ class Trainer:
         )
 
     def current_lr(self) -> float:
-        """The learning rate of the first parameter group now."""
-        return float(self.optimizer.param_groups[0]["lr"])
+        """The schedule's learning rate now (the first group's, before its layer-decay/head ``lr_scale``)."""
+        group = self.optimizer.param_groups[0]
+        return float(group["lr"]) / group.get("lr_scale", 1.0)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module) -> dict[str, float]:
@@ -749,6 +770,12 @@ def train(
     dist = ddp.detect_torchrun()
     device = resolve_device(recipe.train.device, dist.local_rank)
     autocast_dtype(recipe.train.amp, device)  # reject fp16 on the CPU before creating anything
+    if resume is None:  # fine-tuning: bad keys and an unreachable Hub fail before anything is created
+        from astrocli.finetune import check_finetune_config
+        from astrocli.pretrained import apply_pretrained_stats
+
+        check_finetune_config(recipe.train)
+        apply_pretrained_stats(recipe)  # normalise as the pretrained weights were, unless data.mean/std set
     ddp.init_distributed(dist, device)
     console = TrainConsole(log or recipe.output.log, enabled=dist.is_main)
     if resume is not None and overrides:
