@@ -11,6 +11,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from astrocli import __version__, is_missing_pytorch
 from astrocli.errors import AstroError
@@ -31,7 +32,7 @@ PYTORCH_NEEDED = (
 )
 
 # Order here is the order in `astro --help`.
-COMMAND_MODULES = ("train", "eval", "predict", "export", "bench", "models", "recipes")
+COMMAND_MODULES = ("train", "tune", "eval", "predict", "export", "bench", "models", "recipes")
 
 
 def _version_callback(value: bool) -> None:
@@ -74,7 +75,8 @@ def main() -> None:
         if isinstance(exit_code, int) and exit_code:
             sys.exit(exit_code)
     except AstroError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        # escape: rich would read "pip install 'astrocli[export]'" as markup and drop "[export]".
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)

@@ -125,6 +125,10 @@ class TrainConfig:
     eval_every: int = 1
     max_steps_per_epoch: int | None = None  # cap for smoke tests and short schedules
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    select_metric: Literal["top1", "macro_f1", "balanced_accuracy", "loss"] = (
+        "top1"  # decides best.safetensors
+    )
+    patience: int = 0  # stop after this many evaluations without improvement (0 = off)
 
 
 @dataclass
@@ -136,6 +140,10 @@ class OutputConfig:
     plots: bool = True
     save_every: int = 1  # epochs between `last` checkpoints
     log: Literal["rich", "quiet", "jsonl"] = "rich"
+    # Experiment loggers: csv (metrics.csv, always on), tensorboard, mlflow, wandb (optional extras).
+    loggers: list[Literal["csv", "tensorboard", "mlflow", "wandb"]] = field(default_factory=lambda: ["csv"])
+    mlflow_uri: str | None = None  # MLflow tracking URI (MLFLOW_TRACKING_URI wins; default <dir>/mlruns)
+    project: str = "astro"  # MLflow experiment / W&B project name
 
 
 @dataclass
