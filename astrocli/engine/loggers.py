@@ -276,9 +276,7 @@ def parent_run(
     parent = ParentRun(name=name, kind=kind)
     if "mlflow" in recipe.output.loggers:
         check_extras(recipe)
-        from mlflow.tracking import MlflowClient
-
-        client = MlflowClient(tracking_uri=mlflow_tracking_uri(recipe))
+        client = mlflow_client(recipe)
         if run_id is None:
             experiment = _mlflow_experiment(client, recipe.output.project)
             tags = {"astro.kind": kind, "mlflow.runName": name}
@@ -391,6 +389,15 @@ def mlflow_tracking_uri(recipe: Recipe) -> str:
     return (Path(recipe.output.dir) / "mlruns").resolve().as_uri()
 
 
+def mlflow_client(recipe: Recipe) -> Any:
+    """An ``MlflowClient`` for the recipe's tracking URI."""
+    from mlflow.tracking import MlflowClient
+
+    # stdout belongs to astro's console (`--jsonl` prints only JSON there): no "View run" lines.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    return MlflowClient(tracking_uri=mlflow_tracking_uri(recipe))
+
+
 def _mlflow_experiment(client: Any, name: str) -> str:
     """The id of experiment ``name``, created on first use (two processes may race: re-read)."""
     experiment = client.get_experiment_by_name(name)
@@ -414,11 +421,10 @@ class MlflowLogger(_Guarded):
 
     def start(self, recipe: Recipe, run_dir: Path) -> None:
         from mlflow.entities import Param
-        from mlflow.tracking import MlflowClient
 
         uri = mlflow_tracking_uri(recipe)
         try:
-            self.client = MlflowClient(tracking_uri=uri)
+            self.client = mlflow_client(recipe)
             previous = _read_ids(run_dir).get("mlflow_run_id")
             if previous:  # `astro train --resume`: continue the same MLflow run
                 self.client.update_run(previous, status="RUNNING")
