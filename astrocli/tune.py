@@ -308,8 +308,9 @@ def make_storage(url: str) -> Any:
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return RDBStorage(url, **kwargs)
         except Exception as exc:
-            # Two processes creating the tables of a new SQLite file at once: one loses; retry.
-            if attempt == 2 or "already exists" not in str(exc) and "locked" not in str(exc):
+            # Processes creating a new database's tables at once race (a table or the alembic version
+            # row already exists, or the file is locked): the loser retries and finds them made.
+            if attempt == 2:
                 raise AstroError(
                     f"cannot open the study storage '{url}' ({type(exc).__name__}: "
                     f"{str(exc).splitlines()[0] if str(exc) else ''})"
@@ -421,6 +422,8 @@ def run_tune(
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                # An enqueued value outside its range is used as asked (the notes say so for the recipe's).
+                warnings.filterwarnings("ignore", message="Fixed parameter")
                 study.optimize(
                     objective, n_trials=trials, timeout=timeout, catch=(NonFiniteLoss,), callbacks=callbacks
                 )
