@@ -95,8 +95,9 @@ def _print_report(console: Any, result: Any) -> None:
     if rows:
         names = list(dict.fromkeys(k for t in rows for k in t.params))
         table = Table(title="top trials")
-        for column in ("trial", result.metric, *names, "run dir"):
+        for column in ("trial", result.metric, *names):
             table.add_column(escape(column))
+        table.add_column("run dir", overflow="fold")  # a path is worth reading whole
         for t in rows:
             table.add_row(
                 str(t.number),
