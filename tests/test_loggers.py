@@ -63,6 +63,8 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
     """A real `mlflow server` on 127.0.0.1 (SQLite backend, proxied artifacts); its URL."""
+    for extra in ("mlflow", "tensorboard", "wandb"):  # the [mlflow], [tensorboard], [wandb] extras
+        pytest.importorskip(extra)
     root = tmp_path_factory.mktemp("mlflow-server")
     port = _free_port()
     log = (root / "server.log").open("w")

@@ -11,7 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import optuna
 import pytest
 import torch
 from helpers import run_astro
@@ -19,6 +18,8 @@ from helpers import run_astro
 from astrocli.errors import AstroError
 from astrocli.recipe import load_recipe
 from astrocli.tune import parse_space, run_tune
+
+optuna = pytest.importorskip("optuna")  # the [tune] extra
 
 REPO = Path(__file__).resolve().parents[1]
 SPACE = "train.lr: {low: 1e-3, high: 1e-2, log: true}\ntrain.weight_decay: {low: 0.01, high: 0.1}\n"
