@@ -11,6 +11,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from astrocli import __version__, is_missing_pytorch
 from astrocli.errors import AstroError
@@ -31,7 +32,7 @@ PYTORCH_NEEDED = (
 )
 
 # Order here is the order in `astro --help`.
-COMMAND_MODULES = ("train", "eval", "predict", "export", "bench", "models", "recipes")
+COMMAND_MODULES = ("train", "tune", "eval", "predict", "export", "bench", "models", "recipes")
 
 
 def _version_callback(value: bool) -> None:
@@ -74,8 +75,7 @@ def main() -> None:
         if isinstance(exit_code, int) and exit_code:
             sys.exit(exit_code)
     except AstroError as exc:
-        from rich.markup import escape  # a message may hold [brackets]: `[0.08, 1.0]`, paths
-
+        # escape: a message may hold [brackets] (`[0.08, 1.0]`, paths, "pip install 'astrocli[export]'").
         err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except typer.Exit as exc:

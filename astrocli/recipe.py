@@ -121,6 +121,10 @@ class TrainConfig:
     layer_decay: float | None = None  # fine-tuning: lr x layer_decay^(layers above), timm's layer decay
     freeze_epochs: int = 0  # fine-tuning: train only the classifier for the first N epochs
     head_lr_mult: float = 1.0  # fine-tuning: the classifier's learning-rate multiplier
+    select_metric: Literal["top1", "macro_f1", "balanced_accuracy", "loss"] = (
+        "top1"  # decides best.safetensors
+    )
+    patience: int = 0  # stop after this many evaluations without improvement (0 = off)
 
 
 @dataclass
@@ -132,6 +136,10 @@ class OutputConfig:
     plots: bool = True
     save_every: int = 1  # epochs between `last` checkpoints
     log: Literal["rich", "quiet", "jsonl"] = "rich"
+    # Experiment loggers: csv (metrics.csv, always on), tensorboard, mlflow, wandb (optional extras).
+    loggers: list[Literal["csv", "tensorboard", "mlflow", "wandb"]] = field(default_factory=lambda: ["csv"])
+    mlflow_uri: str | None = None  # MLflow tracking URI (MLFLOW_TRACKING_URI wins; default <dir>/mlruns)
+    project: str = "astro"  # MLflow experiment / W&B project name
 
 
 @dataclass

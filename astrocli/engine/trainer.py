@@ -22,7 +22,7 @@ import math
 import random
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from rich.markup import escape
 from astrocli.checkpoint import CheckpointMeta, atomic_write_bytes, atomic_write_text, save_checkpoint
 from astrocli.engine import distributed as ddp
 from astrocli.engine.console import TrainConsole
+from astrocli.engine.loggers import Logger, LoggerGroup, build_loggers
 from astrocli.engine.run_guard import RunGuard, load_resume_or_explain
 from astrocli.engine.state import RESUME_FILE, Progress, save_resume_state
 from astrocli.errors import AstroError
@@ -280,6 +281,7 @@ class Trainer:
         device: torch.device,
         console: TrainConsole,
         step_hook: StepHook | None = None,
+        loggers: Sequence[Logger] = (),
     ) -> None:
         self.recipe = recipe
         self.run_dir = run_dir
@@ -287,6 +289,7 @@ class Trainer:
         self.device = device
         self.console = console
         self.step_hook = step_hook
+        self.loggers = LoggerGroup(loggers)  # TensorBoard/MLflow/W&B and callbacks (a tuner's pruner)
         self.stop_signal: int | None = None
         self.progress = Progress()
         self.history: list[dict[str, Any]] = []
@@ -386,16 +389,19 @@ class Trainer:
         """Train from ``progress`` to the last epoch; returns the summary written to ``summary.json``."""
         start = time.perf_counter()
         previous = self.progress.extra.get("total_seconds", 0.0)
-        with self._signal_handlers():
+        with self._signal_handlers(), self.loggers.session(self.recipe, self.run_dir):
             for epoch in range(self.progress.epoch, self.total_epochs):
                 self.apply_freeze(epoch)
                 row = self.train_one_epoch(epoch)
                 if self.stop_signal is not None and self.progress.step_in_epoch:
                     self._stop_after_signal(epoch)  # mid-epoch: save where we are
                 self.end_of_epoch(epoch, row, previous + time.perf_counter() - start)
+                self.loggers.log_epoch(epoch + 1, row)  # a pruning callback may raise here
                 if self.stop_signal is not None:
                     self._stop_after_signal(epoch + 1)  # the epoch had just finished: save it whole
-        return self.finish(previous + time.perf_counter() - start)
+            summary = self.finish(previous + time.perf_counter() - start)
+            self.loggers.complete(self.run_dir, summary)
+        return summary
 
     def _forward_loss(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         with torch.autocast(
@@ -458,12 +464,12 @@ class Trainer:
             if step % LOG_EVERY == 0 or step == self.steps_per_epoch:
                 self._check_finite(nonfinite, epoch, step)
                 elapsed = time.perf_counter() - start
+                running_loss, lr = loss_sum.item() / max(images_seen, 1), self.current_lr()
                 self.console.step(
-                    step,
-                    loss_sum.item() / max(images_seen, 1),
-                    self.current_lr(),
-                    images_seen * self.dist.world_size / max(elapsed, 1e-9),
+                    step, running_loss, lr, images_seen * self.dist.world_size / max(elapsed, 1e-9)
                 )
+                if self.loggers:  # the loss is already on the host here: no extra sync
+                    self.loggers.log_step(self.progress.global_step, {"loss": running_loss, "lr": lr})
             if last_micro and ddp.any_process(self.stop_signal is not None, self.device):
                 self.stop_signal = self.stop_signal or signal.SIGTERM  # another rank was signalled
                 if step < self.steps_per_epoch:
@@ -736,6 +742,7 @@ def train(
     overrides: list[str] | None = None,
     log: str | None = None,
     step_hook: StepHook | None = None,
+    callbacks: Sequence[Logger] = (),
 ) -> Path:
     """Train a recipe (or continue ``resume_dir``) and return the run directory.
 
@@ -745,6 +752,8 @@ def train(
         overrides: ``KEY=VALUE`` applied to the saved recipe when resuming (e.g. ``output.log=quiet``).
         log: console mode overriding ``output.log`` (``rich``, ``quiet``, ``jsonl``).
         step_hook: called as ``hook(trainer, epoch, step)`` before each step (tests use it).
+        callbacks: extra :class:`~astrocli.engine.loggers.Logger` objects called on every rank (the
+            ``output.loggers`` ones are built here, on rank 0 only), e.g. ``astro tune``'s pruner.
 
     Raises:
         AstroError: bad input; TrainingInterrupted after a signal; NonFiniteLoss on a NaN loss.
@@ -776,6 +785,8 @@ def train(
 
         check_finetune_config(recipe.train)
         apply_pretrained_stats(recipe)  # normalise as the pretrained weights were, unless data.mean/std set
+    # Before DDP starts, so a missing logger extra is one line; warnings go through the console below.
+    loggers = [*(build_loggers(recipe, lambda text: console.warn(text)) if dist.is_main else []), *callbacks]
     ddp.init_distributed(dist, device)
     console = TrainConsole(log or recipe.output.log, enabled=dist.is_main)
     if resume is not None and overrides:
@@ -793,7 +804,7 @@ def train(
         bundle = _load_bundle(recipe, dist)
         if dist.is_main and resume is None:
             _write_run_header(run_dir, recipe, bundle)
-        trainer = Trainer(recipe, run_dir, dist, device, console, step_hook)
+        trainer = Trainer(recipe, run_dir, dist, device, console, step_hook, loggers)
         trainer.setup(bundle, resume)
         guard.check_space(trainer.model, recipe)
         console.start(
