@@ -54,10 +54,10 @@ def to_chw(array: np.ndarray, layout: str, where: str) -> tuple[np.ndarray, str]
     """``array`` as ``[C, H, W]`` and the layout that was assumed (``channels_first``/``_last``).
 
     ``auto`` takes the smaller of the first and last axes as the band axis (bands are few,
-    images are wide); a 2-D array is one band.
+    images are wide); a 2-D array is one band (layout ``single_band``).
     """
     if array.ndim == 2:
-        return array[None], "channels_first"
+        return array[None], "single_band"
     if array.ndim != 3:
         raise DataError(
             f"{where}: image arrays must be 2-D [H, W] or 3-D with a band axis, got {array.shape}"
@@ -117,9 +117,8 @@ def read_pil(path: Path) -> np.ndarray:
                 return np.asarray(img).astype(np.uint16)
             if img.mode in ("I", "F"):
                 return np.asarray(img)
-            if img.mode not in ("L", "RGB"):
-                img = convert_image(img, "RGBA" if "A" in img.mode else "RGB")
-                img = convert_image(img, "RGB")
+            if img.mode not in ("L", "RGB"):  # alpha over black, palettes expanded, as the 8-bit path
+                img = convert_image(img, "L" if img.mode in ("1", "LA", "La") else "RGB")
             return np.asarray(img)
     except (OSError, ValueError, SyntaxError) as exc:
         raise DataError(f"{path}: not a readable image ({exc})") from None

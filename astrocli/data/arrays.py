@@ -141,7 +141,8 @@ class ScienceFileDataset(_FloatDataset):
         raws = []
         for path, _ in self.samples:
             raw, layout = self.reader.read_chw(path)
-            self.layout_assumed = self.layout_assumed or layout
+            if self.layout_assumed in (None, "single_band"):  # a cube's band axis is the news
+                self.layout_assumed = layout
             raws.append(raw)
         return raws
 
@@ -330,7 +331,7 @@ def float_stats(cfg: DataConfig, train: Any) -> tuple[tuple[float, ...], tuple[f
 def announce_layout(train: Any, cfg: DataConfig) -> None:
     """One console line saying which band axis was assumed for 3-D arrays (layout auto)."""
     layout = getattr(train, "layout_assumed", None)
-    if cfg.layout == "auto" and layout is not None:
+    if cfg.layout == "auto" and layout in ("channels_first", "channels_last"):
         print(
             f"data: band axis read as {layout} ({cfg.in_chans} bands); set data.layout to change it",
             file=sys.stderr,

@@ -322,6 +322,7 @@ class _TensorSource:
         self.mean = mean
         # A float cache (the float path) holds scaled values, not 0..255 levels: no /255, no rounding.
         self.float_pixels = self.cache.images.is_floating_point()
+        self._centre = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         top = 1.0 if self.float_pixels else 255.0
         # Normalise x/255 with (m, s) as one fused multiply-add on the 0..255 values.
         self._scale = torch.tensor([1 / (top * s) for s in std], device=self.device).view(1, -1, 1, 1)
@@ -463,7 +464,11 @@ class TensorTrainBatches(_TensorSource):
         x = self._levels(aug.resize_square(images.float(), size, self.interpolation))
         if a.crop == "pad_crop":
             offsets = torch.randint(0, 2 * a.padding + 1, (n, 2), generator=host)
-            x = aug.pad_crop(x, aug.to_device(offsets, x.device), a.padding, size)
+            offsets = aug.to_device(offsets, x.device)
+            if self.float_pixels:  # pad with the band means (0 once normalised), not 0: bands sit anywhere
+                x = aug.pad_crop(x - self._centre, offsets, a.padding, size) + self._centre
+            else:
+                x = aug.pad_crop(x, offsets, a.padding, size)
         for flips, dim in zip(self._sample_flips(host, n), (-1, -2), strict=True):
             if flips is not None:
                 idx = aug.to_device(torch.nonzero(flips).flatten(), x.device)
