@@ -16,6 +16,12 @@ and feed it without the run directory:
     recipe       the fully resolved recipe as JSON
     weights      "model" or "ema" (which weights these are)
     epoch        "12"; metrics: JSON object of the epoch's validation metrics
+    pixels       "uint8" (8-bit PIL images) or "float" (float32 arrays: FITS, 16-bit, N bands)
+    scaling      intensity scaling of the float path ("none", "asinh", ...); scaling_params: JSON
+    reader       JSON {fits_hdu, layout, nan_fill}: how the float path reads files
+
+Checkpoints written before the float path have none of the last four keys; they read as
+``pixels: uint8`` (or what their stored recipe says) and load as before.
 
 Nothing here unpickles: safetensors cannot hold code.
 """
@@ -37,6 +43,8 @@ if TYPE_CHECKING:  # annotations only: CheckpointMeta and atomic writes must wor
     import torch
 
 FORMAT = "astro-checkpoint/1"
+# How the float path reads files (recipe data keys), for checkpoints whose recipe lacks them.
+READER_DEFAULTS: dict[str, Any] = {"fits_hdu": None, "layout": "auto", "nan_fill": None}
 
 
 @dataclass
@@ -56,6 +64,22 @@ class CheckpointMeta:
     weights: str = "model"
     epoch: int = 0
     metrics: dict[str, Any] = field(default_factory=dict)
+    # The float path (astrocli.science): None = take it from ``recipe['data']`` (older checkpoints).
+    pixels: str | None = None
+    scaling: str | None = None
+    scaling_params: dict[str, float] | None = None
+    reader: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        data = self.recipe.get("data", {}) if isinstance(self.recipe, dict) else {}
+        if self.pixels is None:
+            self.pixels = "float" if data.get("pixels") == "float" else "uint8"
+        if self.scaling is None:
+            self.scaling = data.get("scaling", "none")
+        if self.scaling_params is None:
+            self.scaling_params = dict(data.get("scaling_params") or {})
+        if self.reader is None:
+            self.reader = {key: data.get(key, default) for key, default in READER_DEFAULTS.items()}
 
     def to_metadata(self) -> dict[str, str]:
         """Encode as safetensors metadata (all values strings; structured ones as JSON)."""
@@ -74,6 +98,10 @@ class CheckpointMeta:
             "weights": self.weights,
             "epoch": str(self.epoch),
             "metrics": json.dumps(self.metrics),
+            "pixels": str(self.pixels),
+            "scaling": str(self.scaling),
+            "scaling_params": json.dumps(self.scaling_params),
+            "reader": json.dumps(self.reader),
         }
 
     @classmethod
@@ -99,6 +127,10 @@ class CheckpointMeta:
                 weights=meta.get("weights", "model"),
                 epoch=int(meta.get("epoch", "0")),
                 metrics=json.loads(meta.get("metrics", "{}")),
+                pixels=meta.get("pixels"),
+                scaling=meta.get("scaling"),
+                scaling_params=json.loads(meta["scaling_params"]) if "scaling_params" in meta else None,
+                reader=json.loads(meta["reader"]) if "reader" in meta else None,
             )
         except (KeyError, ValueError) as exc:
             raise CheckpointError(f"{source}: damaged astro metadata ({exc})") from None

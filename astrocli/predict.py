@@ -53,7 +53,7 @@ class Inputs:
 def is_predictable(path: Path) -> bool:
     """Whether a file found while walking a directory looks like an image (FITS included)."""
     name = path.name.lower()
-    return is_image_file(path) or name.endswith(FITS_EXTENSIONS)
+    return is_image_file(path) or name.endswith(FITS_EXTENSIONS) or name.endswith(".npy")
 
 
 def _walk(directory: Path) -> list[Path]:
@@ -195,7 +195,7 @@ def predict_files(
             row: dict[str, Any] = {"path": str(path)}
             rows.append(row)
             try:
-                tensors.append(runner.transform(load_image(path, runner.meta.in_chans)))
+                tensors.append(runner.transform(runner.load_input(path)))
                 ok_rows.append(row)
             except AstroError:
                 raise

@@ -63,6 +63,18 @@ class DataConfig:
     num_workers: int = 4
     crop_pct: float = 1.0  # evaluation: resize to img_size / crop_pct, then centre-crop img_size
     interpolation: Literal["bilinear", "bicubic", "nearest"] = "bicubic"
+    # Scientific data (docs/scientific-data.md). pixels: uint8 = 8-bit PIL images (1 or 3 channels);
+    # float = float32 [C, H, W] arrays (FITS, 16-bit, any band count); auto picks float for data
+    # that is not 8-bit, in_chans not 1/3, or a scaling; the run records what was chosen.
+    pixels: Literal["auto", "uint8", "float"] = "auto"
+    scaling: Literal["none", "minmax", "percentile", "asinh", "zscale"] = "none"  # per image and band
+    scaling_params: dict[str, float] = field(default_factory=dict)  # e.g. {percent: 99.5, a: 0.1}
+    fits_hdu: str | None = None  # FITS HDU name or number (None: the first HDU holding an image)
+    layout: Literal["auto", "channels_first", "channels_last"] = "auto"  # band axis of 3-D arrays
+    nan_fill: float | None = None  # value for NaN/inf pixels (None: refuse such images)
+    images_key: str = "images"  # h5 / npz: the images array
+    labels_key: str = "labels"  # h5 / npz: the integer labels array
+    class_names: list[str] | None = None  # h5 / npz: names of classes 0..K-1 (default class_<i>)
 
 
 @dataclass
@@ -451,6 +463,11 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     if origin is Literal:
         if value in typing.get_args(tp):
             return value
+        raise fail
+    if origin is dict:  # a mapping of typed values (data.scaling_params)
+        _key_type, item = typing.get_args(tp)
+        if isinstance(value, dict):
+            return {str(k): _coerce(v, item, f"{path}.{k}") for k, v in value.items()}
         raise fail
     if origin is list:
         (item,) = typing.get_args(tp)

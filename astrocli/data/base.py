@@ -54,7 +54,8 @@ class ImageFileDataset(Dataset):
         self.samples = list(samples)
         self.targets = [label for _, label in self.samples]
         self.in_chans = in_chans
-        self.mode = image_mode(in_chans)
+        # Other band counts are read by the float path (astrocli.data.arrays), which takes the samples.
+        self.mode = image_mode(in_chans) if in_chans in (1, 3) else None
         self._reported: set[str] = set()
 
     def __len__(self) -> int:
@@ -117,7 +118,7 @@ class ArrayImageDataset(Dataset):
         if len(self.targets) != len(self.indices):
             raise ValueError("one target per index expected")
         self.in_chans = in_chans
-        self.mode = image_mode(in_chans)
+        self.mode = image_mode(in_chans) if in_chans in (1, 3) else None  # else: the float path reads it
 
     def __len__(self) -> int:
         return len(self.indices)

@@ -69,6 +69,8 @@ SOURCES: dict[str, str] = {
     "fashion_mnist": "astrocli.data.torchvision_sources:fashion_mnist_source",
     "flowers102": "astrocli.data.torchvision_sources:flowers102_source",
     "digits": "astrocli.data.digits:digits_source",
+    "h5": "astrocli.data.arrays:h5_source",
+    "npz": "astrocli.data.arrays:npz_source",
 }
 
 
@@ -89,17 +91,36 @@ def build_datasets(cfg: DataConfig) -> DatasetBundle:
     Raises:
         DataError: missing or unreadable data, an unknown split, or a split too small to stratify.
     """
-    if cfg.in_chans not in (1, 3):
-        raise DataError(f"data.in_chans must be 1 or 3 for image data, got {cfg.in_chans}")
+    if cfg.in_chans < 1:
+        raise DataError(f"data.in_chans must be at least 1, got {cfg.in_chans}")
     source = load_source(cfg)
     heldout = choose_heldout(cfg.split, source.splits, cfg.source)
     train = source.splits["train"]()
+    # The float path (astrocli.data.arrays): FITS, 16-bit, N bands, scaling; else 8-bit PIL images.
+    from astrocli.data import arrays
+
+    floating = arrays.wants_float(cfg, train)
+    cfg.pixels = "float" if floating else "uint8"  # recorded in recipe.yaml and the checkpoints
+    reader = arrays.ArrayReader.from_config(cfg) if floating else None
+    if floating:
+        cfg.scaling_params = dict(reader.scaling_params)  # with its defaults, as the checkpoint keeps them
+        train = arrays.to_float_dataset(train, reader, cfg, "train")
     if heldout == "stratified":
         train_idx, val_idx = stratified_split(train.targets, cfg.val_fraction, cfg.split_seed, cfg.source)
         train, val = train.subset(train_idx), train.subset(val_idx)
     else:
         val = source.splits[heldout]()
-    mean, std = resolve_stats(cfg, source)
+        val = arrays.to_float_dataset(val, reader, cfg, "eval") if floating else val
+    if floating:
+        mean, std, stats_from = arrays.float_stats(cfg, train)
+        arrays.announce_layout(train, cfg)
+        source.info.update(pixels="float", stats=stats_from, layout=train.layout_assumed or cfg.layout)
+        if stats_from != "recipe":  # the cache was built (and is kept) to measure them
+            source.info.update(cache_dtype=str(train.cache_array().dtype))
+    else:
+        if cfg.in_chans not in (1, 3):
+            raise DataError(f"data.in_chans must be 1 or 3 for 8-bit images, got {cfg.in_chans}")
+        mean, std = resolve_stats(cfg, source)
     # Record the resolved normalisation in the recipe itself, so recipe.yaml, checkpoints and
     # build_train_transform(recipe) all agree on it.
     cfg.mean, cfg.std = list(mean), list(std)

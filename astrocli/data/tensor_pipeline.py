@@ -138,6 +138,8 @@ def estimated_cache_bytes(dataset: Any, cfg: DataConfig) -> int:
     """Bytes of the uint8 cache for ``dataset`` (from the first image's size)."""
     if len(dataset) == 0:
         return 0
+    if hasattr(dataset, "cache_nbytes"):  # float path: its own dtype (uint8 or float16) and bands
+        return dataset.cache_nbytes()
     h, w = _first_image_shape(dataset)
     return len(dataset) * cfg.in_chans * h * w
 
@@ -249,6 +251,10 @@ def build_tensor_cache(dataset: Any, cfg: DataConfig, split: str) -> TensorCache
     if len(dataset) == 0:
         raise DataError(f"the {split} dataset has no images; check data.root ({cfg.root})")
     labels = torch.as_tensor(list(dataset.targets), dtype=torch.int64)
+    if hasattr(dataset, "cache_array"):  # float path: uint8 or float16 [N, C, H, W], cached by the dataset
+        return TensorCache(
+            torch.from_numpy(np.ascontiguousarray(dataset.cache_array())), labels, key="science"
+        )
     if hasattr(dataset, "uint8_array"):  # already uint8 rows: nothing to decode, nothing to save
         return TensorCache(_to_nchw(dataset.uint8_array()), labels, key="array")
     located = cache_path(dataset, cfg, split)
@@ -323,8 +329,12 @@ class _TensorSource:
         self.channels = self.cache.images.shape[1]
         mean, std = _normaliser(mean, std, recipe, self.channels)
         self.mean = mean
+        # A float cache (the float path) holds scaled values, not 0..255 levels: no /255, no rounding.
+        self.float_pixels = self.cache.images.is_floating_point()
+        self._centre = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        top = 1.0 if self.float_pixels else 255.0
         # Normalise x/255 with (m, s) as one fused multiply-add on the 0..255 values.
-        self._scale = torch.tensor([1 / (255.0 * s) for s in std], device=self.device).view(1, -1, 1, 1)
+        self._scale = torch.tensor([1 / (top * s) for s in std], device=self.device).view(1, -1, 1, 1)
         self._shift = torch.tensor([-m / s for m, s in zip(mean, std, strict=True)], device=self.device).view(
             1, -1, 1, 1
         )
@@ -357,6 +367,12 @@ class TensorTrainBatches(_TensorSource):
     ) -> None:
         super().__init__(cache, recipe, device, rank, world_size, mean, std)
         a = recipe.augment
+        if (a.auto_augment or a.color_jitter) and (self.float_pixels or self.channels not in (1, 3)):
+            raise RecipeError(
+                f"augment.auto_augment / augment.color_jitter are colour ops for 8-bit RGB images; this data "
+                f"has {self.channels} bands of {'float' if self.float_pixels else '8-bit'} pixels: "
+                "set augment.auto_augment=null augment.color_jitter=null"
+            )
         self.augment = a
         self.img_size = recipe.data.img_size
         self.interpolation = recipe.data.interpolation
@@ -451,18 +467,26 @@ class TensorTrainBatches(_TensorSource):
         if a.crop == "random_resized_crop":
             boxes = aug.sample_rrc_boxes(host, n, h, w, a.scale, a.ratio)
             hflip, vflip = self._sample_flips(host, n)  # folded into the resampling matrices
-            x = aug.crop_resize(images, boxes, size, self.interpolation, hflip, vflip).round_().clamp_(0, 255)
+            x = self._levels(aug.crop_resize(images, boxes, size, self.interpolation, hflip, vflip))
             # RandAugment's first sort copies the batch anyway, and makes it contiguous in passing.
             return x if self.rand_augment is not None else x.contiguous()
-        x = aug.resize_square(images.float(), size, self.interpolation).round_().clamp_(0, 255)
+        x = self._levels(aug.resize_square(images.float(), size, self.interpolation))
         if a.crop == "pad_crop":
             offsets = torch.randint(0, 2 * a.padding + 1, (n, 2), generator=host)
-            x = aug.pad_crop(x, aug.to_device(offsets, x.device), a.padding, size)
+            offsets = aug.to_device(offsets, x.device)
+            if self.float_pixels:  # pad with the band means (0 once normalised), not 0: bands sit anywhere
+                x = aug.pad_crop(x - self._centre, offsets, a.padding, size) + self._centre
+            else:
+                x = aug.pad_crop(x, offsets, a.padding, size)
         for flips, dim in zip(self._sample_flips(host, n), (-1, -2), strict=True):
             if flips is not None:
                 idx = aug.to_device(torch.nonzero(flips).flatten(), x.device)
                 x.index_copy_(0, idx, x.index_select(0, idx).flip(dim))
         return x
+
+    def _levels(self, x: torch.Tensor) -> torch.Tensor:
+        """Round and clip resampled 8-bit images like PIL; float-path values stay as they are."""
+        return x if self.float_pixels else x.round_().clamp_(0, 255)
 
     def _sample_flips(self, host: torch.Generator, n: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Host bool masks (horizontal, vertical) with the recipe's probabilities, None when off."""
@@ -509,9 +533,9 @@ class TensorEvalBatches(_TensorSource):
         for start in range(0, self.num_samples, self.batch_size):
             idx = self.indices[start : start + self.batch_size]
             x = aug.resize_center_crop(
-                self.cache.images[idx], data.img_size, data.crop_pct, data.interpolation
+                self.cache.images[idx], data.img_size, data.crop_pct, data.interpolation, self.float_pixels
             )
-            yield self._finish(x.round()), self.cache.labels[idx]
+            yield self._finish(x if self.float_pixels else x.round()), self.cache.labels[idx]
 
 
 def TensorBatches(
