@@ -342,7 +342,7 @@ CONSTRAINTS: dict[str, Constraint] = {
     "model.drop_path_rate": _in_range(0.0, 1.0, high_open=True),
     "data.source": Constraint(_registered_source, "a registered source"),  # expect filled in on failure
     "data.img_size": POSITIVE,
-    "data.in_chans": Constraint(lambda v: v in (1, 3), "1 or 3"),
+    "data.in_chans": POSITIVE,  # 8-bit sources take 1 or 3; the float path any band count (data/sources.py)
     "data.split": Constraint(lambda v: v in SPLITS, "one of " + ", ".join(repr(v) for v in SPLITS)),
     "data.val_fraction": _in_range(0.0, 1.0, low_open=True, high_open=True),
     "data.num_workers": NON_NEGATIVE,
@@ -382,6 +382,10 @@ CONSTRAINTS: dict[str, Constraint] = {
     "train.device": Constraint(lambda v: bool(DEVICE_PATTERN.fullmatch(v)), "auto, cpu, cuda or cuda:N"),
     "output.name": NON_EMPTY,
     "output.save_every": POSITIVE,
+    "train.patience": NON_NEGATIVE,
+    "train.layer_decay": _in_range(0.0, 1.0, low_open=True),
+    "train.freeze_epochs": NON_NEGATIVE,
+    "train.head_lr_mult": POSITIVE,
 }
 
 
