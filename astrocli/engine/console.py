@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from typing import Any
 
 from rich.console import Console
@@ -91,6 +92,12 @@ class TrainConsole:
             for key, value in info.items():
                 table.add_row(f"[bold]{key}[/]", str(value))
             self.out.print(table)
+
+    def first_step(self, global_step: int) -> None:
+        """The run's first optimizer step has finished (jsonl: an event with the Unix time, so a
+        script can time start-up: ``benchmarks/gpu_check.py`` measures `astro train` to this event)."""
+        if self.enabled and self.mode == "jsonl":
+            self._jsonl("first_step", step=global_step, time=time.time())
 
     # -- the per-epoch progress bar ---------------------------------------------------------------
 

@@ -293,6 +293,7 @@ class Trainer:
         self.stop_signal: int | None = None
         self.progress = Progress()
         self.history: list[dict[str, Any]] = []
+        self._first_step_announced = False
 
     # -- setup ------------------------------------------------------------------------------------
 
@@ -517,6 +518,15 @@ class Trainer:
         self.scheduler.step_update(num_updates=self.progress.global_step)
         if self.ema is not None:
             self.ema.update(self.model, step=self.progress.global_step)
+        if not self._first_step_announced:
+            self._announce_first_step()
+
+    def _announce_first_step(self) -> None:
+        """Tell the console once, when the first optimizer step of this process has run on the device."""
+        self._first_step_announced = True
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # once per run: the step has really finished
+        self.console.first_step(self.progress.global_step)
 
     def _check_finite(self, nonfinite: torch.Tensor, epoch: int, step: int) -> None:
         if not ddp.any_process(bool(nonfinite.item()), self.device):
