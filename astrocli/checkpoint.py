@@ -16,6 +16,8 @@ and feed it without the run directory:
     recipe       the fully resolved recipe as JSON
     weights      "model" or "ema" (which weights these are)
     epoch        "12"; metrics: JSON object of the epoch's validation metrics
+    temperature  "1.43": softmax temperature fitted on the validation split (astrocli/calibration.py);
+                 absent in older checkpoints, read as 1.0
 
 Nothing here unpickles: safetensors cannot hold code.
 """
@@ -55,6 +57,7 @@ class CheckpointMeta:
     weights: str = "model"
     epoch: int = 0
     metrics: dict[str, Any] = field(default_factory=dict)
+    temperature: float = 1.0  # probabilities are softmax(logits / temperature)
 
     def to_metadata(self) -> dict[str, str]:
         """Encode as safetensors metadata (all values strings; structured ones as JSON)."""
@@ -73,6 +76,7 @@ class CheckpointMeta:
             "weights": self.weights,
             "epoch": str(self.epoch),
             "metrics": json.dumps(self.metrics),
+            "temperature": repr(float(self.temperature)),
         }
 
     @classmethod
@@ -98,6 +102,7 @@ class CheckpointMeta:
                 weights=meta.get("weights", "model"),
                 epoch=int(meta.get("epoch", "0")),
                 metrics=json.loads(meta.get("metrics", "{}")),
+                temperature=float(meta.get("temperature", "1.0")),
             )
         except (KeyError, ValueError) as exc:
             raise CheckpointError(f"{source}: damaged astro metadata ({exc})") from None

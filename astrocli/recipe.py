@@ -70,6 +70,9 @@ class DataConfig:
     num_workers: int = 4
     crop_pct: float = 1.0  # evaluation: resize to img_size / crop_pct, then centre-crop img_size
     interpolation: Literal["bilinear", "bicubic", "nearest"] = "bicubic"
+    # Training order: uniform (each image once per epoch) | balanced (each class equally often,
+    # drawn with replacement; astrocli/data/balance.py)
+    sampler: Literal["uniform", "balanced"] = "uniform"
 
 
 @dataclass
@@ -93,6 +96,10 @@ class AugmentConfig:
     mixup_switch_prob: float = 0.5
     mixup_off_epoch: int = 0  # turn mixup/cutmix off from this epoch (0 = never)
     label_smoothing: float = 0.0
+    # Fills the keys a recipe leaves out (augmentation, lr, warmup, epochs) from what the data is:
+    # auto (light, or strong for runs of 100+ epochs) | light | strong | none (fixed defaults;
+    # the paper recipes, which spell out their settings). Rules: astrocli/defaults.py
+    preset: Literal["auto", "none", "light", "strong"] = "auto"
 
 
 @dataclass
@@ -125,6 +132,8 @@ class TrainConfig:
     eval_every: int = 1
     max_steps_per_epoch: int | None = None  # cap for smoke tests and short schedules
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    class_weights: Literal["none", "balanced"] = "none"  # balanced: scikit-learn's weights in the loss
+    calibrate: bool = True  # fit a softmax temperature on the held-out split after training
 
 
 @dataclass
@@ -249,8 +258,37 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
 
 
 def recipe_from_dict(raw: dict[str, Any]) -> Recipe:
-    """Build a :class:`Recipe` from plain data, strictly: every key known, every value typed."""
-    return _build(Recipe, raw, "")
+    """Build a :class:`Recipe` from plain data, strictly: every key known, every value typed.
+
+    The recipe remembers which keys ``raw`` set (:func:`given_keys`): data-driven defaults
+    (astrocli/defaults.py) fill only the others.
+    """
+    recipe = _build(Recipe, raw, "")
+    recipe.__dict__["_given"] = frozenset(_leaf_paths(raw))  # not a field: never serialised
+    return recipe
+
+
+def given_keys(recipe: Recipe) -> frozenset[str]:
+    """Dotted keys (``augment.crop``) the recipe's YAML and overrides set; for a recipe built in
+    code (``Recipe()``), none."""
+    return recipe.__dict__.get("_given", frozenset())
+
+
+def mark_given(recipe: Recipe, keys: set[str] | frozenset[str]) -> None:
+    """Record ``keys`` as set (e.g. after defaults filled them in)."""
+    recipe.__dict__["_given"] = given_keys(recipe) | frozenset(keys)
+
+
+def _leaf_paths(raw: Any, prefix: str = "") -> list[str]:
+    if not isinstance(raw, dict):
+        return []
+    paths = []
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            paths.extend(_leaf_paths(value, f"{prefix}{key}."))
+        elif not (prefix == "" and value is None):  # an empty section (`augment:`) sets nothing
+            paths.append(f"{prefix}{key}")
+    return paths
 
 
 def _build(cls: type, raw: Any, prefix: str) -> Any:
