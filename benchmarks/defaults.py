@@ -45,6 +45,7 @@ GRID = [
     ("timm defaults (RRC 0.08-1, hflip), lr 5e-4", {"crop": "random_resized_crop", "hflip": 0.5}, 5e-4),
     ("pad-crop img/8, hflip, lr 5e-4", {"crop": "pad_crop", "hflip": 0.5}, 5e-4),
     ("pad-crop img/8, hflip, lr 2e-3", {"crop": "pad_crop", "hflip": 0.5}, 2e-3),
+    ("pad-crop img/8, no flip, lr 2e-3", {"crop": "pad_crop", "hflip": 0.0}, 2e-3),
 ]
 CUT_CLASSES = (5, 6, 7, 8, 9)  # imbalanced subset: these keep a tenth of their images
 
@@ -66,6 +67,34 @@ def cifar_subset(zip_path: Path, dest: Path, per_class: int, heldout: int, cut: 
                     target = dest / split / cls / Path(name).name
                     target.parent.mkdir(parents=True, exist_ok=True)
                     target.write_bytes(archive.read(name))
+    (dest / "done").write_text("ok\n")
+    return dest
+
+
+def digits_folder(dest: Path, cut: float = 1.0, heldout: float = 0.3) -> Path:
+    """scikit-learn's digits as an 8-px grayscale image folder: ``train/`` (CUT_CLASSES keep ``cut``
+    of their images) and a stratified, balanced ``test/`` (``heldout`` of each class)."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    if (dest / "done").is_file():
+        return dest
+    digits = load_digits()
+    pixels = np.clip(np.round(digits.images * (255.0 / 16)), 0, 255).astype(np.uint8)
+    train_idx, test_idx = train_test_split(
+        np.arange(len(pixels)), test_size=heldout, random_state=0, stratify=digits.target
+    )
+    rng = np.random.default_rng(0)
+    for split, indices in (("train", train_idx), ("test", test_idx)):
+        for c in range(10):
+            members = [i for i in indices if digits.target[i] == c]
+            if split == "train" and c in CUT_CLASSES:
+                members = list(rng.choice(members, max(1, int(len(members) * cut)), replace=False))
+            for i in members:
+                target = dest / split / str(c) / f"{i:04d}.png"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(pixels[i], mode="L").save(target)
     (dest / "done").write_text("ok\n")
     return dest
 
@@ -133,6 +162,22 @@ def compare(label: str, data: list[str], img_size: int, epochs: int, work: Path)
     return results
 
 
+def imbalance(label: str, data: list[str], epochs: int, work: Path, sampler: bool) -> list[dict]:
+    """The auto recipe plain, with balanced class weights (and with the balanced sampler)."""
+    base = [f"model.name={MODEL}", *data, f"train.epochs={epochs}"]
+    variants = [("unweighted", []), ("class_weights=balanced", ["train.class_weights=balanced"])]
+    if sampler:
+        variants.append(("sampler=balanced", ["data.sampler=balanced"]))
+    results = []
+    for name, extra in variants:
+        tag = name.split("=")[0]
+        result = run(name, [*base, *extra, *plumbing(work, f"{label}-imbalanced-{tag}")], work)
+        results.append(result)
+        top1, balanced = result["top1"], result["balanced_accuracy"]
+        print(f"{label} imbalanced: {name}: top-1 {top1:.2f}%  balanced {balanced:.2f}%", flush=True)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -144,7 +189,13 @@ def main() -> None:
     parser.add_argument("--cifar-epochs", type=int, default=3)
     parser.add_argument("--digits-epochs", type=int, default=8)
     parser.add_argument("--galaxy-epochs", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--digits-size", type=int, default=8, help="digits' img_size (native: 8)")
+    parser.add_argument(
+        "--sections",
+        default="digits,digits-imbalanced,cifar,cifar-imbalanced,galaxy",
+        help="comma-separated: digits, digits-imbalanced, cifar, cifar-imbalanced, galaxy",
+    )
     parser.add_argument("--sampler", action="store_true", help="also the balanced sampler (imbalanced)")
     parser.add_argument("--quick", action="store_true", help="1 epoch each (checks the script runs)")
     args = parser.parse_args()
@@ -153,8 +204,6 @@ def main() -> None:
     if args.quick:
         args.cifar_epochs = args.digits_epochs = args.galaxy_epochs = 1
         work = work / "quick"
-    cifar = cifar_subset(args.cifar_zip, work / "cifar5k", 500, 100)
-    imbalanced = cifar_subset(args.cifar_zip, work / "cifar-imbalanced", 500, 100, cut=0.1)
 
     results: dict = {
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
@@ -168,26 +217,29 @@ def main() -> None:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(results, indent=2) + "\n")
 
-    results["digits"] = compare("digits", ["data.source=digits"], 16, args.digits_epochs, work)
-    save()
-    base = [f"model.name={MODEL}", "data.source=imagefolder", f"data.root={imbalanced}", "data.img_size=32"]
-    base.append(f"train.epochs={args.cifar_epochs}")
-    variants = [("unweighted", []), ("class_weights=balanced", ["train.class_weights=balanced"])]
-    if args.sampler:
-        variants.append(("sampler=balanced", ["data.sampler=balanced"]))
-    results["cifar10_imbalanced"] = []
-    for name, extra in variants:
-        tag = name.split("=")[0]
-        result = run(name, [*base, *extra, *plumbing(work, f"imbalanced-{tag}")], work)
-        results["cifar10_imbalanced"].append(result)
-        print(f"imbalanced: {name}: top-1 {result['top1']:.2f}%  balanced {result['balanced_accuracy']:.2f}%")
+    sections = args.sections.split(",")
+    for section in sections:
+        if section == "digits":
+            data = ["data.source=digits", "data.in_chans=1"]
+            results["digits"] = compare("digits", data, args.digits_size, args.digits_epochs, work)
+        elif section == "digits-imbalanced":
+            root = digits_folder(work / "digits-imbalanced", cut=0.1)
+            data = ["data.source=imagefolder", f"data.root={root}", "data.in_chans=1", "data.img_size=8"]
+            results["digits_imbalanced"] = imbalance("digits", data, args.digits_epochs, work, args.sampler)
+        elif section == "cifar":
+            cifar = cifar_subset(args.cifar_zip, work / "cifar5k", 500, 100)
+            cifar_data = ["data.source=imagefolder", f"data.root={cifar}"]
+            results["cifar10_5k"] = compare("cifar10-5k", cifar_data, 32, args.cifar_epochs, work)
+        elif section == "cifar-imbalanced":
+            root = cifar_subset(args.cifar_zip, work / "cifar-imbalanced", 500, 100, cut=0.1)
+            data = ["data.source=imagefolder", f"data.root={root}", "data.img_size=32"]
+            results["cifar10_imbalanced"] = imbalance("cifar", data, args.cifar_epochs, work, args.sampler)
+        elif section == "galaxy":
+            galaxy = ["data.source=imagefolder", f"data.root={args.galaxy}", "data.val_fraction=0.2"]
+            results["galaxy_sample"] = compare("galaxy", galaxy, 64, args.galaxy_epochs, work)
+        else:
+            raise SystemExit(f"unknown section {section}")
         save()
-    cifar_data = ["data.source=imagefolder", f"data.root={cifar}"]
-    results["cifar10_5k"] = compare("cifar10-5k", cifar_data, 32, args.cifar_epochs, work)
-    save()
-    galaxy = ["data.source=imagefolder", f"data.root={args.galaxy}", "data.val_fraction=0.2"]
-    results["galaxy_sample"] = compare("galaxy", galaxy, 64, args.galaxy_epochs, work)
-    save()
     print(json.dumps(results, indent=2))
 
 
