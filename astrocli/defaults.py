@@ -19,6 +19,7 @@ images and classes), :func:`resolve_defaults` fills every key the recipe did not
   scaling suits adaptive optimizers; short runs from scratch on small data want more than the
   paper recipes' 5e-4 over 300 epochs), SGD ``0.1 * global_batch / 256`` (the linear rule of
   Goyal et al.).
+- batch size: 128, or for small sets the largest power of two giving 8 steps an epoch (at least 8).
 - warmup: 5% of the epochs (at least 1 from 5 epochs on, at most 10).
 - epochs: about two million images seen, rounded to tens, between 20 and 200.
 
@@ -146,6 +147,13 @@ def auto_epochs(num_images: int) -> int:
     return int(min(max(round(raw / 10) * 10, EPOCH_RANGE[0]), EPOCH_RANGE[1]))
 
 
+def auto_batch_size(num_images: int) -> int:
+    """128, or the largest power of two that still gives 8 steps an epoch (at least 8)."""
+    if num_images >= 128 * 8:
+        return 128
+    return max(8, 2 ** int(math.log2(max(num_images // 8, 1))))
+
+
 def auto_lr(optimizer: str, global_batch: int) -> tuple[float, str]:
     """The learning rate for ``global_batch`` and why."""
     if optimizer == "sgd":
@@ -229,6 +237,11 @@ def _fill(r: Recipe, facts: DataFacts, given: set[str], choices: list[Choice]) -
         put("augment.label_smoothing", 0.1, "strong preset")
         put("augment.re_prob", 0.25, "strong preset")
 
+    put(
+        "train.batch_size",
+        auto_batch_size(facts.num_images),
+        f"at least 8 steps over {facts.num_images} images",
+    )
     global_batch = t.batch_size * t.accum_steps * facts.world_size
     lr, why_lr = auto_lr(t.optimizer, global_batch)
     put("train.lr", lr, why_lr)

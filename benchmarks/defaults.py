@@ -123,6 +123,7 @@ def run(name: str, overrides: list[str], work: Path) -> dict:
         "hflip": resolved["augment"]["hflip"],
         "vflip": resolved["augment"]["vflip"],
         "lr": resolved["train"]["lr"],
+        "batch_size": resolved["train"]["batch_size"],
         "warmup_epochs": resolved["train"]["warmup_epochs"],
         "run_dir": str(run_dir),
     }
@@ -152,6 +153,7 @@ def compare(label: str, data: list[str], img_size: int, epochs: int, work: Path)
         keys = [f"augment.{k}={json.dumps(v)}" for k, v in augment.items()]
         keys += ["augment.preset=none", f"augment.padding={max(1, img_size // 8)}", f"train.lr={lr}"]
         keys.append(f"train.warmup_epochs={auto_warmup(epochs)}")
+        keys.append(f"train.batch_size={results[0]['batch_size']}")  # as auto chose for this data
         results.append(run(name, [*base, *keys, *plumbing(work, f"{label}-grid{i}")], work))
     for r in results:
         print(

@@ -65,6 +65,9 @@ def test_epochs_when_unset_and_strong_preset_for_long_runs() -> None:
     assert a.auto_augment == "rand-m9-mstd0.5-inc1" and a.mixup == 0.8 and a.label_smoothing == 0.1
     sgd, _ = resolved(["train.optimizer=sgd", "train.batch_size=512", "train.epochs=10"])
     assert sgd.train.lr == pytest.approx(0.2)
+    assert recipe.train.batch_size == 128
+    tiny, _ = resolve_defaults(load_recipe(None, []), DataFacts(64, 3, 80, 10, False, "imagefolder"))
+    assert tiny.train.batch_size == 8 and tiny.train.lr == pytest.approx(1e-3 * (8 / 128) ** 0.5)
 
 
 def test_keys_the_recipe_sets_are_kept_and_preset_none_fills_nothing() -> None:
