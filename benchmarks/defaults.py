@@ -47,6 +47,7 @@ GRID = [
     ("pad-crop img/8, hflip, lr 2e-3", {"crop": "pad_crop", "hflip": 0.5}, 2e-3),
     ("pad-crop img/8, no flip, lr 2e-3", {"crop": "pad_crop", "hflip": 0.0}, 2e-3),
 ]
+GRID_PICK: set[int] | None = None  # --grid 0,2: only these grid rows
 CUT_CLASSES = (5, 6, 7, 8, 9)  # imbalanced subset: these keep a tenth of their images
 
 
@@ -150,6 +151,8 @@ def compare(label: str, data: list[str], img_size: int, epochs: int, work: Path)
     base = [f"model.name={MODEL}", *data, f"data.img_size={img_size}", f"train.epochs={epochs}"]
     results = [run("auto (model, data, epochs only)", [*base, *plumbing(work, f"{label}-auto")], work)]
     for i, (name, augment, lr) in enumerate(GRID):
+        if GRID_PICK is not None and i not in GRID_PICK:
+            continue
         keys = [f"augment.{k}={json.dumps(v)}" for k, v in augment.items()]
         keys += ["augment.preset=none", f"augment.padding={max(1, img_size // 8)}", f"train.lr={lr}"]
         keys.append(f"train.warmup_epochs={auto_warmup(epochs)}")
@@ -200,7 +203,10 @@ def main() -> None:
     )
     parser.add_argument("--sampler", action="store_true", help="also the balanced sampler (imbalanced)")
     parser.add_argument("--quick", action="store_true", help="1 epoch each (checks the script runs)")
+    parser.add_argument("--grid", default=None, help="comma-separated grid rows to run (default: all)")
     args = parser.parse_args()
+    global GRID_PICK
+    GRID_PICK = {int(i) for i in args.grid.split(",")} if args.grid else None
     torch.set_num_threads(args.threads)
     work = args.work
     if args.quick:
