@@ -135,6 +135,7 @@ def plumbing(work: Path, name: str) -> list[str]:
     return [
         "data.num_workers=0",
         "data.pipeline=tensor",
+        f"data.cache_dir={work / 'cache'}",  # never beside the (shared, read-only) data
         "train.device=cpu",
         "train.calibrate=false",
         f"output.dir={work / 'runs'}",
