@@ -272,8 +272,9 @@ def _all_keys(recipe: Recipe) -> set[str]:
     return keys
 
 
-def describe(choices: list[Choice]) -> list[str]:
-    """Console lines: the preset first, then the flips, then every other choice on one line."""
+def describe(choices: list[Choice], recipe: Recipe | None = None) -> list[str]:
+    """Console lines: the preset first, then the flips (as ``recipe`` has them when given), then
+    every other choice on one line."""
     if not choices:
         return []
     preset = [c for c in choices if c.key == "augment.preset"]
@@ -284,7 +285,10 @@ def describe(choices: list[Choice]) -> list[str]:
         lines.append(f"augment.preset {preset[0].value} ({preset[0].why}); keys the recipe sets are kept")
     if flips:
         names = (("horizontal", "augment.hflip"), ("vertical", "augment.vflip"))
-        on = [n for n, c in names if _value(flips, c)]
+        if recipe is not None:  # the flips in force, whether filled or set by the recipe
+            on = [n for n, c in names if getattr(recipe.augment, c.split(".")[1]) > 0]
+        else:
+            on = [n for n, c in names if _value(flips, c)]
         lines.append(f"flips: {' and '.join(on) if on else 'none'} ({flips[0].why})")
     if rest:
         lines.append("filled from the data: " + "; ".join(c.line() for c in rest))
@@ -390,4 +394,4 @@ def resolve_for_print(recipe: Recipe) -> tuple[Recipe, list[str]]:
         ]
     resolved, choices = resolve_defaults(recipe, data_facts(bundle, probe))
     resolved.data.mean, resolved.data.std = probe.data.mean, probe.data.std
-    return resolved, describe(choices)
+    return resolved, describe(choices, resolved)

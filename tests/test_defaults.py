@@ -107,6 +107,10 @@ def test_print_recipe_shows_what_auto_chose(tmp_path: Path, monkeypatch, capsys)
     assert code == 0
     assert "# augment.preset auto -> light (12 epochs < 100)" in out
     assert "# flips: none (single-channel" in out and "crop: pad_crop" in out and "epochs: 12" in out
+    code, out, _ = run_astro(
+        ["train", "--recipe", recipe, "--print-recipe", "augment.hflip=0.5"], monkeypatch, capsys
+    )
+    assert code == 0 and "# flips: horizontal (" in out  # what is in force, set or filled
 
 
 # -- train.epochs=N means N epochs ----------------------------------------------------------------

@@ -744,7 +744,7 @@ def _data_defaults(recipe: Recipe, bundle: Any, dist: ddp.DistInfo, console: Tra
     from astrocli.defaults import data_facts, describe, resolve_defaults
 
     resolved, choices = resolve_defaults(recipe, data_facts(bundle, recipe, dist.world_size))
-    for line in describe(choices):
+    for line in describe(choices, resolved):
         console.info(escape(line))
     return resolved
 
