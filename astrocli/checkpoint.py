@@ -22,6 +22,8 @@ and feed it without the run directory:
 
 Checkpoints written before the float path have none of the last four keys; they read as
 ``pixels: uint8`` (or what their stored recipe says) and load as before.
+    temperature  "1.43": softmax temperature fitted on the validation split (astrocli/calibration.py);
+                 absent in older checkpoints, read as 1.0
 
 Nothing here unpickles: safetensors cannot hold code.
 """
@@ -70,6 +72,8 @@ class CheckpointMeta:
     scaling_params: dict[str, float] | None = None
     reader: dict[str, Any] | None = None
 
+    temperature: float = 1.0  # probabilities are softmax(logits / temperature)
+
     def __post_init__(self) -> None:
         data = self.recipe.get("data", {}) if isinstance(self.recipe, dict) else {}
         if self.pixels is None:
@@ -102,6 +106,7 @@ class CheckpointMeta:
             "scaling": str(self.scaling),
             "scaling_params": json.dumps(self.scaling_params),
             "reader": json.dumps(self.reader),
+            "temperature": repr(float(self.temperature)),
         }
 
     @classmethod
@@ -131,6 +136,7 @@ class CheckpointMeta:
                 scaling=meta.get("scaling"),
                 scaling_params=json.loads(meta["scaling_params"]) if "scaling_params" in meta else None,
                 reader=json.loads(meta["reader"]) if "reader" in meta else None,
+                temperature=float(meta.get("temperature", "1.0")),
             )
         except (KeyError, ValueError) as exc:
             raise CheckpointError(f"{source}: damaged astro metadata ({exc})") from None

@@ -202,7 +202,8 @@ def predict_files(
             except Exception as exc:  # PIL / astropy / OS errors: this file only
                 row["error"] = _error_reason(exc)
         if tensors:
-            probs = softmax(runner.logits(runner.stack(tensors)))
+            # The checkpoint's calibration temperature (1.0 when never calibrated; ONNX carries it too).
+            probs = softmax(runner.logits(runner.stack(tensors)) / runner.meta.temperature)
             for row, p in zip(ok_rows, probs, strict=True):
                 row.update(_prediction(p, names, k))
         if on_batch is not None:

@@ -75,6 +75,9 @@ class DataConfig:
     images_key: str = "images"  # h5 / npz: the images array
     labels_key: str = "labels"  # h5 / npz: the integer labels array
     class_names: list[str] | None = None  # h5 / npz: names of classes 0..K-1 (default class_<i>)
+    # Training order: uniform (each image once per epoch) | balanced (each class equally often,
+    # drawn with replacement; astrocli/data/balance.py)
+    sampler: Literal["uniform", "balanced"] = "uniform"
 
 
 @dataclass
@@ -98,6 +101,10 @@ class AugmentConfig:
     mixup_switch_prob: float = 0.5
     mixup_off_epoch: int = 0  # turn mixup/cutmix off from this epoch (0 = never)
     label_smoothing: float = 0.0
+    # Fills the keys a recipe leaves out (augmentation, lr, warmup, epochs) from what the data is:
+    # auto (light, or strong for runs of 100+ epochs) | light | strong | none (fixed defaults;
+    # the paper recipes, which spell out their settings). Rules: astrocli/defaults.py
+    preset: Literal["auto", "none", "light", "strong"] = "auto"
 
 
 @dataclass
@@ -137,6 +144,8 @@ class TrainConfig:
         "top1"  # decides best.safetensors
     )
     patience: int = 0  # stop after this many evaluations without improvement (0 = off)
+    class_weights: Literal["none", "balanced"] = "none"  # balanced: scikit-learn's weights in the loss
+    calibrate: bool = True  # fit a softmax temperature on the held-out split after training
 
 
 @dataclass
@@ -277,9 +286,14 @@ def describe_yaml_error(path: Path, exc: yaml.YAMLError) -> str:
 
 
 def recipe_from_dict(raw: dict[str, Any]) -> Recipe:
-    """Build a :class:`Recipe` from plain data, strictly: every key known, every value typed and in range."""
+    """Build a :class:`Recipe` from plain data, strictly: every key known, every value typed and in range.
+
+    The recipe remembers which keys ``raw`` set (:func:`given_keys`): data-driven defaults
+    (astrocli/defaults.py) fill only the others.
+    """
     recipe = _build(Recipe, raw, "")
     check_ranges(recipe)
+    recipe.__dict__["_given"] = frozenset(_leaf_paths(raw))  # not a field: never serialised
     return recipe
 
 
@@ -405,6 +419,29 @@ def check_ranges(recipe: Recipe) -> None:
 def _yaml_scalar(value: Any) -> str:
     """A value as it would be typed in an override (``[0.08, 1.0]``, ``null``, ``cpu``)."""
     return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
+
+
+def given_keys(recipe: Recipe) -> frozenset[str]:
+    """Dotted keys (``augment.crop``) the recipe's YAML and overrides set; for a recipe built in
+    code (``Recipe()``), none."""
+    return recipe.__dict__.get("_given", frozenset())
+
+
+def mark_given(recipe: Recipe, keys: set[str] | frozenset[str]) -> None:
+    """Record ``keys`` as set (e.g. after defaults filled them in)."""
+    recipe.__dict__["_given"] = given_keys(recipe) | frozenset(keys)
+
+
+def _leaf_paths(raw: Any, prefix: str = "") -> list[str]:
+    if not isinstance(raw, dict):
+        return []
+    paths = []
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            paths.extend(_leaf_paths(value, f"{prefix}{key}."))
+        elif not (prefix == "" and value is None):  # an empty section (`augment:`) sets nothing
+            paths.append(f"{prefix}{key}")
+    return paths
 
 
 def _build(cls: type, raw: Any, prefix: str) -> Any:

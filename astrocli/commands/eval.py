@@ -22,6 +22,8 @@ def _summary_table(report: dict[str, Any]) -> Any:
     table.add_row("top-5 (%)", f"{report['top5']:.2f}")
     table.add_row("loss (NLL)", f"{report['loss']:.4f}")
     table.add_row("ECE (15 bins)", f"{report['ece']:.4f}")
+    if "ece_calibrated" in report:
+        table.add_row(f"ECE at temperature {report['temperature']:.3g}", f"{report['ece_calibrated']:.4f}")
     return table
 
 
@@ -94,6 +96,12 @@ def eval_command(
         None, "--workers", help="DataLoader workers (default: data.num_workers, at most the CPU count)."
     ),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N (PyTorch checkpoints)."),
+    calibrate: bool = typer.Option(
+        False,
+        "--calibrate",
+        help="First fit the softmax temperature on the recipe's validation split and write it into "
+        "the checkpoint (astro predict and export then use it).",
+    ),
 ) -> None:
     """Evaluate a model on the split its recipe validated on (or the one the overrides name)."""
     from rich.console import Console
@@ -136,6 +144,8 @@ def eval_command(
         f"held-out split '{heldout}', {len(bundle.val)} images",
         highlight=False,
     )
+    if calibrate:
+        _calibrate(console, runner, overrides or [], batch_size, num_workers, heldout)
     report = evaluate(runner, bundle.val, batch_size=batch_size, num_workers=num_workers, tta=tta)
     report["data"] = {"source": recipe.data.source, "root": recipe.data.root, "split": heldout}
     report["split_info"] = split_info
@@ -149,6 +159,31 @@ def eval_command(
     if plot is not None:
         plot_confusion_matrix(report, plot)
         console.print(f"wrote {plot}", highlight=False)
+        from astrocli.calibration import plot_reliability, reliability_path
+
+        plot_reliability(report, reliability_path(plot))
+        console.print(f"wrote {reliability_path(plot)}", highlight=False)
+
+
+def _calibrate(
+    console: Any, runner: Any, overrides: list[str], batch_size: int, workers: int, split: str
+) -> None:
+    """``--calibrate``: fit and store the temperature (astrocli/calibration.py), then say where."""
+    from astrocli.calibration import calibrate_checkpoint
+
+    fit = calibrate_checkpoint(runner, overrides, batch_size, workers)
+    console.print(
+        f"calibrated on the '{fit['split']}' split ({fit['num_samples']} images): temperature "
+        f"{fit['temperature']:.3f}, ECE {fit['ece']:.4f} -> {fit['ece_calibrated']:.4f}; "
+        f"written into {runner.source}",
+        highlight=False,
+    )
+    if fit["split"] == split:
+        console.print(
+            "[yellow]note:[/] evaluating on the split the temperature was fitted on: ece_calibrated is "
+            "optimistic; add data.split=test for an independent figure",
+            highlight=False,
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -91,6 +91,7 @@ def build_train_batches(
         mixup=mixup,
         mixup_off_epoch=recipe.augment.mixup_off_epoch,
         channels_last=recipe.train.channels_last,
+        balanced=recipe.data.sampler == "balanced",
     )
 
 

@@ -407,9 +407,16 @@ class TensorTrainBatches(_TensorSource):
 
     def epoch_indices(self) -> torch.Tensor:
         """This rank's sample order for the current epoch (the same permutation on every rank)."""
-        perm = torch.randperm(
-            len(self.cache), generator=torch.Generator().manual_seed(self.seed + self.epoch)
-        )
+        if self.recipe.data.sampler == "balanced":  # the loader's draw (astrocli/data/balance.py)
+            from astrocli.data.balance import balanced_indices, sample_weights
+
+            per_rank = -(-len(self.cache) // self.world_size)
+            weights = sample_weights(self.cache.labels.cpu())
+            perm = balanced_indices(weights, per_rank * self.world_size, self.seed, self.epoch)
+        else:
+            perm = torch.randperm(
+                len(self.cache), generator=torch.Generator().manual_seed(self.seed + self.epoch)
+            )
         return perm[self.rank :: self.world_size][: self.num_samples]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -147,37 +147,57 @@ def build_optimizer(model: nn.Module, recipe: Recipe, device: torch.device) -> t
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, recipe: Recipe, updates_per_epoch: int
+    optimizer: torch.optim.Optimizer,
+    recipe: Recipe,
+    updates_per_epoch: int,
+    warn: Callable[[str], None] | None = None,
 ) -> tuple[Any, int]:
     """timm's scheduler, stepped per optimizer update (smooth warmup even for short runs).
 
-    Returns the scheduler and the total number of epochs (``train.epochs`` + cooldown, timm's rule).
+    Returns the scheduler and the total number of epochs: ``train.epochs``, with warmup and
+    cooldown counted inside it (scaled down, with a warning through ``warn``, when they would
+    take more than half the run; astrocli/defaults.py).
     """
     from timm.scheduler import create_scheduler_v2
 
+    from astrocli.defaults import fit_warmup_cooldown
+
     cfg = recipe.train
+    fit = fit_warmup_cooldown(cfg.epochs, cfg.warmup_epochs, cfg.cooldown_epochs, updates_per_epoch)
+    if fit.warning and warn is not None:
+        warn(fit.warning)
     sched, decay_epochs, decay_rate = cfg.sched, cfg.decay_epochs, cfg.decay_rate
     if sched == "constant":  # timm has no constant schedule: a step schedule that never decays
         sched, decay_epochs, decay_rate = "step", 10**9, 1.0
-    return create_scheduler_v2(
+    # Everything in updates (timm's "epochs" of one update each): timm runs cooldown after
+    # num_epochs, so the main schedule gets total - cooldown.
+    scheduler, _ = create_scheduler_v2(
         optimizer,
         sched=sched,
-        num_epochs=cfg.epochs,
-        decay_epochs=decay_epochs,
+        num_epochs=fit.total_updates - fit.cooldown_updates,
+        decay_epochs=decay_epochs * updates_per_epoch,
         decay_rate=decay_rate,
-        cooldown_epochs=cfg.cooldown_epochs,
+        cooldown_epochs=fit.cooldown_updates,
         min_lr=cfg.min_lr,
         warmup_lr=cfg.warmup_lr,
-        warmup_epochs=cfg.warmup_epochs,
+        warmup_epochs=fit.warmup_updates,
         step_on_epochs=False,
-        updates_per_epoch=updates_per_epoch,
+        updates_per_epoch=1,
     )
+    return scheduler, cfg.epochs
 
 
-def build_train_loss(recipe: Recipe, mixup_on: bool) -> nn.Module:
-    """Soft-target CE under Mixup/CutMix (smoothing is in the targets), else label-smoothed or plain CE."""
+def build_train_loss(recipe: Recipe, mixup_on: bool, class_weight: torch.Tensor | None = None) -> nn.Module:
+    """Soft-target CE under Mixup/CutMix (smoothing is in the targets), else label-smoothed or plain CE.
+
+    With ``class_weight`` (``train.class_weights: balanced``), torch's CE with per-class weights,
+    which takes hard labels (with its own smoothing) and soft Mixup targets alike.
+    """
     from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
+    if class_weight is not None:
+        smoothing = 0.0 if mixup_on else recipe.augment.label_smoothing
+        return nn.CrossEntropyLoss(weight=class_weight, label_smoothing=smoothing)
     if mixup_on:
         return SoftTargetCrossEntropy()
     if recipe.augment.label_smoothing > 0:
@@ -322,17 +342,30 @@ class Trainer:
         if r.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.params = count_params(self.model, trainable_only=True)
+        from astrocli.defaults import attention_warning
+
+        too_few = attention_warning(self.model, r.data.img_size, r.model.name)
+        if too_few:
+            self.console.warn(too_few)
         self.optimizer = build_optimizer(self.model, r, self.device)
         steps = len(self.train_batches)
         if r.train.max_steps_per_epoch:
             steps = min(steps, r.train.max_steps_per_epoch)
         self.steps_per_epoch = steps
         self.updates_per_epoch = math.ceil(steps / r.train.accum_steps)
-        self.scheduler, self.total_epochs = build_scheduler(self.optimizer, r, self.updates_per_epoch)
+        self.scheduler, self.total_epochs = build_scheduler(
+            self.optimizer, r, self.updates_per_epoch, warn=self.console.warn
+        )
         self.ema = ModelEmaV3(self.model, decay=r.train.ema_decay, use_warmup=True) if r.train.ema else None
         self.amp_dtype = autocast_dtype(r.train.amp, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-        self.train_loss_fn = build_train_loss(r, getattr(self.train_batches, "mixup", None) is not None)
+        weight = None
+        if r.train.class_weights == "balanced":
+            from astrocli.data.balance import class_weights
+
+            weight = class_weights(bundle.train.targets, bundle.num_classes).to(self.device)
+        mixup_on = getattr(self.train_batches, "mixup", None) is not None
+        self.train_loss_fn = build_train_loss(r, mixup_on, weight)
         self.eval_loss_fn = nn.CrossEntropyLoss(reduction="sum")
 
         if resume is not None:
@@ -400,9 +433,24 @@ class Trainer:
                 self.loggers.log_epoch(epoch + 1, row)  # a pruning callback may raise here
                 if self.stop_signal is not None:
                     self._stop_after_signal(epoch + 1)  # the epoch had just finished: save it whole
+            self.calibration = self._calibrate()  # before finish(): summary.json reports it
             summary = self.finish(previous + time.perf_counter() - start)
             self.loggers.complete(self.run_dir, summary)
         return summary
+
+    def _calibrate(self) -> dict[str, float] | None:
+        """Temperature scaling of ``best``/``last`` on the validation split (astrocli/calibration.py)."""
+        if not self.recipe.train.calibrate:
+            return None
+        from astrocli.calibration import calibrate_after_training
+
+        result = calibrate_after_training(self)
+        if result:
+            self.console.info(
+                f"calibration: temperature {result['temperature']:.3f}, validation ECE "
+                f"{result['ece']:.4f} -> {result['ece_calibrated']:.4f} (stored in the checkpoints)"
+            )
+        return result
 
     def _forward_loss(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         with torch.autocast(
@@ -708,6 +756,7 @@ class Trainer:
             "device": str(self.device),
             "world_size": self.dist.world_size,
             "run_dir": str(self.run_dir),
+            **(getattr(self, "calibration", None) or {}),
         }
         if self.dist.is_main:
             atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2))
@@ -732,6 +781,19 @@ def _load_bundle(recipe: Recipe, dist: ddp.DistInfo) -> Any:
     if not dist.is_main:
         bundle = build_datasets(recipe.data)
     return bundle
+
+
+def _data_defaults(recipe: Recipe, bundle: Any, dist: ddp.DistInfo, console: TrainConsole) -> Recipe:
+    """Fill the keys the recipe left out from the data (``augment.preset``; astrocli/defaults.py)
+    and print what was chosen. A resumed run's recipe is complete already: nothing changes."""
+    from rich.markup import escape
+
+    from astrocli.defaults import data_facts, describe, resolve_defaults
+
+    resolved, choices = resolve_defaults(recipe, data_facts(bundle, recipe, dist.world_size))
+    for line in describe(choices, resolved):
+        console.info(escape(line))
+    return resolved
 
 
 def _write_run_header(run_dir: Path, recipe: Recipe, bundle: Any) -> None:
@@ -812,6 +874,7 @@ def train(
             run_dir = Path(ddp.broadcast_string(name, device))
         guard.start(run_dir, created=resume is None)
         bundle = _load_bundle(recipe, dist)
+        recipe = _data_defaults(recipe, bundle, dist, console)
         if dist.is_main and resume is None:
             _write_run_header(run_dir, recipe, bundle)
         trainer = Trainer(recipe, run_dir, dist, device, console, step_hook, loggers)
