@@ -31,7 +31,7 @@ PYTORCH_NEEDED = (
 )
 
 # Order here is the order in `astro --help`.
-COMMAND_MODULES = ("train", "eval", "predict", "export", "bench", "models", "recipes")
+COMMAND_MODULES = ("train", "cv", "eval", "compare", "predict", "export", "bench", "models", "recipes")
 
 
 def _version_callback(value: bool) -> None:

@@ -56,8 +56,10 @@ class DataConfig:
     root: str = "data"
     img_size: int = 32
     in_chans: int = 3
-    split: str = "auto"  # held-out split: auto (val, else test, else stratified) | val | test | stratified
-    val_fraction: float = 0.1  # seeded stratified split when the source has no held-out split
+    # held-out split for model selection: auto (val, else stratified; never test) | val | test | stratified
+    # (test = the papers' protocol: select on the test split; labelled as such in the run)
+    split: str = "auto"
+    val_fraction: float = 0.1  # seeded stratified split carved out of train when the source has no val split
     split_seed: int = 0
     download: bool = True
     url: str | None = None  # override the download URL (galaxy10_*)
@@ -70,6 +72,9 @@ class DataConfig:
     num_workers: int = 4
     crop_pct: float = 1.0  # evaluation: resize to img_size / crop_pct, then centre-crop img_size
     interpolation: Literal["bilinear", "bicubic", "nearest"] = "bicubic"
+    folds: int = 0  # k-fold cross-validation (`astro cv` sets these): folds over train (0 = off)
+    fold: int = 0  # the held-out fold (0-based) when data.folds > 0
+    fold_repeat: int = 0  # the repeat of repeated k-fold (folds reshuffled with split_seed per repeat)
 
 
 @dataclass
@@ -125,6 +130,10 @@ class TrainConfig:
     eval_every: int = 1
     max_steps_per_epoch: int | None = None  # cap for smoke tests and short schedules
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    select_metric: Literal["top1", "macro_f1", "balanced_accuracy", "loss"] = (
+        "top1"  # decides best.safetensors
+    )
+    patience: int = 0  # stop after this many evaluations without improvement (0 = off)
 
 
 @dataclass
