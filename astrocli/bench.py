@@ -252,6 +252,9 @@ class RunResult:
     best_top1: float
     params: int | None = None
     macs: int | None = None
+    top1_std: float | None = None  # a cv parent: best_top1 is the mean over its runs
+    top1_ci95: list[float] | None = None
+    cv_runs: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (adds ``flops`` = 2 x MACs)."""
@@ -328,18 +331,45 @@ def read_runs(directory: str | Path, with_cost: bool = True) -> list[RunResult]:
     if not directory.is_dir():
         raise AstroError(f"runs directory '{directory}' does not exist; pass the output.dir of `astro train`")
     runs = []
+    cv_parents = {plan.parent for plan in directory.rglob("cv_plan.json")}
     for summary in sorted(directory.rglob("summary.json")):
-        result = _read_run(summary.parent)
-        if result is None:
-            continue
+        if summary.parent.parent in cv_parents:
+            continue  # a cv fold: its parent stands for it, with the mean and interval
+        runs.append(_read_run(summary.parent))
+    runs.extend(_read_cv_parent(parent) for parent in cv_parents)
+    runs = sorted((r for r in runs if r is not None), key=lambda r: r.run)
+    for result in runs:
         if with_cost:
             try:
                 cost = params_and_macs(result.model, result.img_size, result.num_classes)
                 result.params, result.macs = cost
             except AstroError:  # a model the zoo no longer builds: still listed, just not on the curves
                 result.params = result.macs = None
-        runs.append(result)
     return runs
+
+
+def _read_cv_parent(parent: Path) -> RunResult | None:
+    """A cv parent as one RunResult: mean top-1 over its finished runs, with std and 95% interval."""
+    from astrocli.cv import read_cv
+    from astrocli.errors import AstroError
+
+    try:
+        report = read_cv(parent)
+    except AstroError:  # no run finished yet
+        return None
+    first = _read_run(parent / report["runs"][0])
+    stats = report["metrics"].get("top1")
+    if first is None or stats is None:
+        return None
+    first.run, first.best_top1 = str(parent), float(stats["mean"])
+    first.top1_std, first.top1_ci95, first.cv_runs = stats["std"], stats["ci95"], len(report["runs"])
+    return first
+
+
+def _ci_half(run: RunResult) -> float:
+    """Half the width of a cv parent's 95% interval (0 for a single run)."""
+    ci = run.top1_ci95
+    return (ci[1] - ci[0]) / 2 if ci else 0.0
 
 
 def plot_scaling(runs: Sequence[RunResult], path: str | Path) -> Path:
@@ -356,13 +386,14 @@ def plot_scaling(runs: Sequence[RunResult], path: str | Path) -> Path:
     for axis, attribute, label in ((axes[0], "params", "parameters"), (axes[1], "macs", "MACs per image")):
         for family in families:
             points = sorted(
-                (getattr(run, attribute), run.best_top1)
+                (getattr(run, attribute), run.best_top1, _ci_half(run))
                 for run in runs
                 if run.family == family and getattr(run, attribute)
             )
             if points:
-                xs, ys = zip(*points, strict=True)
-                axis.plot(xs, ys, marker="o", label=family)
+                xs, ys, errs = zip(*points, strict=True)
+                # cv parents: the mean with its 95% interval as an error bar
+                axis.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=family)
         axis.set_xscale("log")
         # 300k / 1M / 3G instead of crowded 3x10^5 minor labels
         axis.xaxis.set_major_formatter(EngFormatter())

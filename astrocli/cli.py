@@ -32,7 +32,18 @@ PYTORCH_NEEDED = (
 )
 
 # Order here is the order in `astro --help`.
-COMMAND_MODULES = ("train", "tune", "eval", "predict", "export", "bench", "models", "recipes")
+COMMAND_MODULES = (
+    "train",
+    "cv",
+    "tune",
+    "eval",
+    "compare",
+    "predict",
+    "export",
+    "bench",
+    "models",
+    "recipes",
+)
 
 
 def _version_callback(value: bool) -> None:

@@ -125,11 +125,14 @@ def evaluate(
     num_workers: int = 0,
     tta: bool = False,
     on_batch: Callable[[int], None] | None = None,
+    ci_resamples: int = 0,
+    ci_seed: int = 0,
 ) -> dict[str, Any]:
     """Every ``astro eval`` metric for ``runner`` on ``dataset`` (see :func:`classification_metrics`).
 
     The loss is the mean negative log-likelihood of the (TTA-averaged) probabilities, which is
-    the cross-entropy of the logits without TTA.
+    the cross-entropy of the logits without TTA. With ``ci_resamples`` > 0 the report also holds
+    seeded bootstrap 95% intervals ``top1_ci95``, ``macro_f1_ci95``, ``balanced_accuracy_ci95``.
     """
     temperature = getattr(runner.meta, "temperature", 1.0)
     log_probs, calibrated, targets = _collect(
@@ -138,6 +141,16 @@ def evaluate(
     loss = nll_loss(None, targets, log_probs=log_probs)
     report = classification_metrics(np.exp(log_probs), targets, runner.class_names, loss=loss)
     report.update(calibration_report(np.exp(log_probs), np.exp(calibrated), targets, temperature))
+    if ci_resamples > 0:
+        from astrocli.stats import bootstrap_metrics
+
+        if len(targets) < 2:
+            raise AstroError("--ci needs at least 2 evaluation images")
+        intervals = bootstrap_metrics(
+            log_probs.argmax(axis=1), targets, len(runner.class_names), ci_resamples, ci_seed
+        )
+        report.update({f"{name}_ci95": ci for name, ci in intervals.items()})
+        report["ci"] = {"method": "percentile bootstrap", "resamples": ci_resamples, "seed": ci_seed}
     report["tta"] = tta
     report["model"] = runner.meta.model
     report["checkpoint"] = str(runner.source)

@@ -49,8 +49,10 @@ class DataConfig:
     root: str = "data"
     img_size: int = 32
     in_chans: int = 3
-    split: str = "auto"  # held-out split: auto (val, else test, else stratified) | val | test | stratified
-    val_fraction: float = 0.1  # seeded stratified split when the source has no held-out split
+    # held-out split for model selection: auto (val, else stratified; never test) | val | test | stratified
+    # (test = the papers' protocol: select on the test split; labelled as such in the run)
+    split: str = "auto"
+    val_fraction: float = 0.1  # seeded stratified split carved out of train when the source has no val split
     split_seed: int = 0
     download: bool = True
     url: str | None = None  # override the download URL (galaxy10_*)
@@ -78,6 +80,9 @@ class DataConfig:
     # Training order: uniform (each image once per epoch) | balanced (each class equally often,
     # drawn with replacement; astrocli/data/balance.py)
     sampler: Literal["uniform", "balanced"] = "uniform"
+    folds: int = 0  # k-fold cross-validation (`astro cv` sets these): folds over train (0 = off)
+    fold: int = 0  # the held-out fold (0-based) when data.folds > 0
+    fold_repeat: int = 0  # the repeat of repeated k-fold (folds reshuffled with split_seed per repeat)
 
 
 @dataclass

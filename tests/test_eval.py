@@ -26,6 +26,7 @@ def make_checkpoint(path: Path, class_names: list[str], data_root: str, seed: in
     recipe = Recipe()
     recipe.model.name = MODEL
     recipe.data.root, recipe.data.num_workers = data_root, 0
+    recipe.data.split = "test"  # a run that validated on test/ (auto now carves val out of train)
     meta = CheckpointMeta(
         model=MODEL,
         num_classes=len(class_names),

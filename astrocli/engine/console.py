@@ -31,6 +31,8 @@ METRIC_COLUMNS = (
     ("val_loss", "val loss", "{:.4f}"),
     ("val_top1", "top-1 %", "{:.2f}"),
     ("val_top5", "top-5 %", "{:.2f}"),
+    ("val_macro_f1", "macro-F1 %", "{:.2f}"),
+    ("val_balanced_accuracy", "bal. acc %", "{:.2f}"),
     ("lr", "lr", "{:.2e}"),
     ("img_per_s", "img/s", "{:.1f}"),
     ("seconds", "s", "{:.1f}"),
@@ -170,6 +172,20 @@ class TrainConsole:
                 f"{summary['best_weights']} weights)",
             )
             table.add_row("final top-1", _fmt("{:.2f}%", summary.get("final_top1")))
+            selected = summary.get("selected_on", "val")
+            table.add_row(
+                "selected on",
+                "[bold red]test split[/] (data.split=test: the papers' protocol)"
+                if selected == "test"
+                else f"val ({summary.get('select_metric', 'top1')})",
+            )
+            if summary.get("test_top1") is not None:
+                table.add_row(
+                    "test",
+                    f"top-1 {summary['test_top1']:.2f}%, top-5 {summary['test_top5']:.2f}%, "
+                    f"macro-F1 {summary['test_macro_f1']:.2f}%, loss {summary['test_loss']:.4f} "
+                    "(best checkpoint, scored once)",
+                )
             table.add_row("epochs", str(summary["epochs"]))
             table.add_row("time", f"{summary['total_seconds']:.1f} s")
             table.add_row("images/s", _fmt("{:.1f}", summary.get("mean_img_per_s")))

@@ -14,6 +14,7 @@ directory), which timm's own ``train.py`` script does not offer as a library.
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import inspect
 import io
@@ -41,7 +42,18 @@ from astrocli.errors import AstroError
 from astrocli.models import count_params
 from astrocli.recipe import Recipe, recipe_from_dict
 
-METRICS_HEADER = ["epoch", "train_loss", "val_loss", "val_top1", "val_top5", "lr", "img_per_s", "seconds"]
+METRICS_HEADER = [
+    "epoch",
+    "train_loss",
+    "val_loss",
+    "val_top1",
+    "val_top5",
+    "val_macro_f1",
+    "val_balanced_accuracy",
+    "lr",
+    "img_per_s",
+    "seconds",
+]
 LOG_EVERY = 10  # host syncs (loss.item(), NaN check) once per this many steps, not every step
 
 StepHook = Callable[["Trainer", int, int], None]  # (trainer, epoch, step) before each step; for tests
@@ -433,6 +445,9 @@ class Trainer:
                 self.loggers.log_epoch(epoch + 1, row)  # a pruning callback may raise here
                 if self.stop_signal is not None:
                     self._stop_after_signal(epoch + 1)  # the epoch had just finished: save it whole
+                if epoch + 1 < self.total_epochs and self.should_stop_early():
+                    self._stop_early(epoch + 1)
+                    break
             self.calibration = self._calibrate()  # before finish(): summary.json reports it
             summary = self.finish(previous + time.perf_counter() - start)
             self.loggers.complete(self.run_dir, summary)
@@ -451,6 +466,16 @@ class Trainer:
                 f"{result['ece']:.4f} -> {result['ece_calibrated']:.4f} (stored in the checkpoints)"
             )
         return result
+
+    def _stop_early(self, epoch: int) -> None:
+        """``train.patience`` ran out: save ``last`` (if this epoch did not) and say so."""
+        self.progress.extra["stopped_early"] = epoch
+        if self.progress.extra.get("saved_epoch") != epoch:
+            self._save_last_and_resume(epoch, self.history[-1] if self.history else {})
+        self.console.warn(
+            f"early stop after epoch {epoch}: {self.recipe.train.patience} evaluations without a better "
+            f"val {self.recipe.train.select_metric} (best: epoch {self.progress.best_epoch})"
+        )
 
     def _forward_loss(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         with torch.autocast(
@@ -597,11 +622,20 @@ class Trainer:
         return float(group["lr"]) / group.get("lr_scale", 1.0)
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module) -> dict[str, float]:
-        """Validation loss, top-1 and top-5 (percent) over the whole held-out set, summed over ranks."""
+    def evaluate(self, model: nn.Module, batches: Any = None, prefix: str = "val_") -> dict[str, float]:
+        """Loss, top-1, top-5, macro-F1 and balanced accuracy (percent) over the whole held-out set
+        (``batches``, default the validation batches), summed over ranks; keys start with ``prefix``.
+
+        The confusion matrix is accumulated on the device (one bincount per batch, no host sync) and
+        summed across ranks like the other totals.
+        """
+        from astrocli.metrics import balanced_accuracy, macro_f1
+
         model.eval()
+        num_classes = self.bundle.num_classes
         totals = torch.zeros(4, device=self.device)  # loss sum, top-1 hits, top-5 hits, images
-        for images, targets in self.eval_batches:
+        confusion = torch.zeros(num_classes * num_classes, dtype=torch.float64, device=self.device)
+        for images, targets in self.eval_batches if batches is None else batches:
             with torch.autocast(
                 self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
             ):
@@ -609,6 +643,9 @@ class Trainer:
             k = min(5, logits.shape[1])
             top = logits.topk(k, dim=1).indices
             hits = top.eq(targets[:, None])
+            confusion += torch.bincount(
+                targets * num_classes + top[:, 0], minlength=num_classes * num_classes
+            ).double()
             totals += torch.stack(
                 [
                     self.eval_loss_fn(logits, targets),
@@ -618,9 +655,23 @@ class Trainer:
                 ]
             )
         totals = ddp.all_reduce_sum(totals)
+        matrix = ddp.all_reduce_sum(confusion).view(num_classes, num_classes).cpu().numpy()
         n = totals[3].clamp(min=1)
         loss, top1, top5 = (totals[0] / n).item(), (100 * totals[1] / n).item(), (100 * totals[2] / n).item()
-        return {"val_loss": loss, "val_top1": top1, "val_top5": top5}
+        metrics = {
+            "loss": loss,
+            "top1": top1,
+            "top5": top5,
+            "macro_f1": macro_f1(matrix),
+            "balanced_accuracy": balanced_accuracy(matrix),
+        }
+        return {f"{prefix}{k}": v for k, v in metrics.items()}
+
+    def selection_score(self, metrics: dict[str, Any]) -> float:
+        """The number ``train.select_metric`` maximises (the negated loss: lower loss is better)."""
+        name = self.recipe.train.select_metric
+        value = float(metrics[f"val_{name}"])
+        return -value if name == "loss" else value
 
     # -- end of epoch: evaluate, record, checkpoint -----------------------------------------------
 
@@ -637,12 +688,9 @@ class Trainer:
                 ema_metrics = self.evaluate(self.ema.module)
                 row["ema_top1"] = ema_metrics["val_top1"]
                 candidates.append(("ema", self.ema.module, ema_metrics))
-            weights, module, metrics = max(candidates, key=lambda c: c[2]["val_top1"])
-            if metrics["val_top1"] > self.progress.best_top1:
-                is_best = True
-                self.progress.best_top1 = metrics["val_top1"]
-                self.progress.best_epoch = epoch + 1
-                self.progress.extra["best_weights"] = weights
+            weights, module, metrics = max(candidates, key=lambda c: self.selection_score(c[2]))
+            is_best = self._update_best(metrics, weights, epoch + 1)
+            if is_best:
                 self._save_model("best.safetensors", module, weights, epoch + 1, metrics)
         row["seconds"] = row.pop("train_seconds") + time.perf_counter() - eval_start
         self.history.append(row)
@@ -653,6 +701,30 @@ class Trainer:
             if (epoch + 1) % r.output.save_every == 0 or last_epoch:
                 self._save_last_and_resume(epoch + 1, row)
         self.console.epoch_end(row, is_best)
+
+    def _update_best(self, metrics: dict[str, Any], weights: str, epoch: int) -> bool:
+        """Record ``metrics`` as the best so far when they beat it on ``train.select_metric``; count
+        evaluations without improvement for ``train.patience``. Only validation metrics come here."""
+        extra = self.progress.extra
+        score = self.selection_score(metrics)
+        best = extra.get("best_score")
+        if best is None and self.progress.best_epoch and self.recipe.train.select_metric == "top1":
+            best = self.progress.best_top1  # a run resumed from before select_metric existed
+        if best is not None and score <= best:
+            extra["evals_without_improvement"] = extra.get("evals_without_improvement", 0) + 1
+            return False
+        extra.update(best_score=score, evals_without_improvement=0, best_weights=weights)
+        extra["best_metrics"] = {
+            k.removeprefix("val_"): v for k, v in metrics.items() if k.startswith("val_")
+        }
+        self.progress.best_top1 = metrics["val_top1"]
+        self.progress.best_epoch = epoch
+        return True
+
+    def should_stop_early(self) -> bool:
+        """``train.patience`` evaluations in a row without improvement (0 = never)."""
+        patience = self.recipe.train.patience
+        return patience > 0 and self.progress.extra.get("evals_without_improvement", 0) >= patience
 
     def _checkpoint_meta(self, weights: str, epoch: int, metrics: dict[str, Any]) -> CheckpointMeta:
         d = self.recipe.data
@@ -736,14 +808,44 @@ class Trainer:
             for s, h in previous.items():
                 signal.signal(s, h)
 
+    def score_test(self) -> dict[str, float]:
+        """Score ``best.safetensors`` once on the test split (``test_top1``, ...); {} when there is none.
+
+        Runs after training, on every rank (the test batches are sharded like the validation ones);
+        nothing here feeds back into selection.
+        """
+        best_path = self.run_dir / "best.safetensors"
+        if getattr(self.bundle, "test", None) is None:
+            return {}
+        from astrocli.checkpoint import load_checkpoint
+        from astrocli.data.pipeline import build_eval_batches
+
+        ddp.barrier()  # rank 0 wrote best.safetensors
+        if not best_path.is_file():
+            return {}
+        state_dict, _ = load_checkpoint(best_path)
+        model = copy.deepcopy(self.model)
+        model.load_state_dict(state_dict)
+        b, r = self.bundle, self.recipe
+        batches = build_eval_batches(
+            b.test, r, self.device, self.dist.rank, self.dist.world_size, mean=b.mean, std=b.std
+        )
+        return self.evaluate(model, batches, prefix="test_")
+
     def finish(self, total_seconds: float) -> dict[str, Any]:
-        """Write ``summary.json`` and ``curves.png``; return the summary."""
+        """Score the selected checkpoint on the test split, write ``summary.json`` and ``curves.png``."""
         evaluated = [r for r in self.history if r.get("val_top1") is not None]
         speeds = [r["img_per_s"] for r in self.history if r.get("img_per_s")]
+        extra = self.progress.extra
         summary = {
             "best_top1": self.progress.best_top1,
             "best_epoch": self.progress.best_epoch,
-            "best_weights": self.progress.extra.get("best_weights", "model"),
+            "best_weights": extra.get("best_weights", "model"),
+            "selected_on": self.bundle.selected_on,
+            "select_metric": self.recipe.train.select_metric,
+            "best_metrics": extra.get("best_metrics", {}),
+            **self.score_test(),
+            "stopped_early": extra.get("stopped_early"),
             "final_top1": evaluated[-1]["val_top1"] if evaluated else None,
             "final_top5": evaluated[-1]["val_top5"] if evaluated else None,
             "epochs": self.progress.epoch,
@@ -796,6 +898,23 @@ def _data_defaults(recipe: Recipe, bundle: Any, dist: ddp.DistInfo, console: Tra
     return resolved
 
 
+def describe_protocol(bundle: Any, recipe: Recipe) -> str:
+    """One line saying what selects the checkpoint and whether a test score is held apart."""
+    heldout = bundle.split_info.get("heldout_split")
+    metric = recipe.train.select_metric
+    if heldout == "test":
+        return (
+            f"select on the TEST split ({metric}; data.split=test, the papers' protocol: "
+            "the reported number is optimistic)"
+        )
+    where = {
+        "stratified": f"a seeded stratified {recipe.data.val_fraction:g} of train",
+        "fold": f"fold {recipe.data.fold} of {recipe.data.folds} (repeat {recipe.data.fold_repeat})",
+    }.get(heldout, f"the '{heldout}' split")
+    test = "; the test split is scored once at the end" if bundle.test is not None else ""
+    return f"select on val ({metric}, {where}){test}"
+
+
 def _write_run_header(run_dir: Path, recipe: Recipe, bundle: Any) -> None:
     atomic_write_text(run_dir / "recipe.yaml", recipe.to_yaml())
     split = {
@@ -815,6 +934,7 @@ def train(
     log: str | None = None,
     step_hook: StepHook | None = None,
     callbacks: Sequence[Logger] = (),
+    run_dir: str | Path | None = None,
 ) -> Path:
     """Train a recipe (or continue ``resume_dir``) and return the run directory.
 
@@ -826,11 +946,14 @@ def train(
         step_hook: called as ``hook(trainer, epoch, step)`` before each step (tests use it).
         callbacks: extra :class:`~astrocli.engine.loggers.Logger` objects called on every rank (the
             ``output.loggers`` ones are built here, on rank 0 only), e.g. ``astro tune``'s pruner.
+        run_dir: write the new run to exactly this directory (created if missing; ``astro cv`` uses
+            it) instead of a fresh ``<output.dir>/<output.name>[-N]``.
 
     Raises:
         AstroError: bad input; TrainingInterrupted after a signal; NonFiniteLoss on a NaN loss.
     """
     resume = None
+    exact_dir = Path(run_dir) if run_dir is not None and resume_dir is None else None
     if resume_dir is not None:
         run_dir = Path(resume_dir)
         state_path = run_dir / RESUME_FILE
@@ -868,11 +991,17 @@ def train(
         )
     guard = RunGuard(enabled=dist.is_main)  # lock, disk space, no debris from failed starts
     try:
-        if resume is None:
+        created = resume is None
+        if resume is None and exact_dir is not None:
+            created = not exact_dir.exists()  # the guard removes only a folder this command made
+            if dist.is_main:
+                exact_dir.mkdir(parents=True, exist_ok=True)
+            run_dir = exact_dir
+        elif resume is None:
             guard.note_new_folders(recipe.output.dir)
             name = str(unique_run_dir(recipe.output.dir, recipe.output.name)) if dist.is_main else ""
             run_dir = Path(ddp.broadcast_string(name, device))
-        guard.start(run_dir, created=resume is None)
+        guard.start(run_dir, created=created)
         bundle = _load_bundle(recipe, dist)
         recipe = _data_defaults(recipe, bundle, dist, console)
         if dist.is_main and resume is None:
@@ -885,7 +1014,9 @@ def train(
                 "run dir": run_dir,
                 "model": f"{recipe.model.name} ({trainer.params / 1e6:.2f}M params)",
                 "data": f"{recipe.data.source}: {len(bundle.train)} train / {len(bundle.val)} val, "
-                f"{bundle.num_classes} classes",
+                f"{bundle.num_classes} classes"
+                + (f", {len(bundle.test)} test" if bundle.test is not None else ""),
+                "protocol": describe_protocol(bundle, recipe),
                 "device": f"{device} x{dist.world_size}"
                 + (f", autocast {trainer.amp_dtype}" if trainer.amp_dtype else ""),
                 "schedule": f"{trainer.total_epochs} epochs x {trainer.steps_per_epoch} steps",
