@@ -6,7 +6,7 @@ model. Where PyTorch is not installed (an ONNX-only deployment) the import still
 ``HAS_PYTORCH`` is False: ``astro predict --checkpoint model.onnx`` needs only onnxruntime.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # The packages only the PyTorch side needs; an ONNX deployment may lack all of them.
 PYTORCH_MODULES = frozenset({"torch", "torchvision", "timm"})
