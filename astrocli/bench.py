@@ -315,6 +315,9 @@ class RunResult:
     macs: int | None = None
     dataset: str = ""  # data.source: runs on different data are never joined into one curve
     in_chans: int = 3
+    top1_std: float | None = None  # a cv parent: best_top1 is the mean over its runs
+    top1_ci95: list[float] | None = None
+    cv_runs: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (adds ``flops`` = 2 x MACs)."""
@@ -396,10 +399,14 @@ def read_runs(directory: str | Path, with_cost: bool = True) -> list[RunResult]:
     if not directory.is_dir():
         raise AstroError(f"runs directory '{directory}' does not exist; pass the output.dir of `astro train`")
     runs = []
+    cv_parents = {plan.parent for plan in directory.rglob("cv_plan.json")}
     for summary in sorted(directory.rglob("summary.json")):
-        result = _read_run(summary.parent)
-        if result is None:
-            continue
+        if summary.parent.parent in cv_parents:
+            continue  # a cv fold: its parent stands for it, with the mean and interval
+        runs.append(_read_run(summary.parent))
+    runs.extend(_read_cv_parent(parent) for parent in cv_parents)
+    runs = sorted((r for r in runs if r is not None), key=lambda r: r.run)
+    for result in runs:
         if with_cost:
             try:
                 params, result.macs = params_and_macs(
@@ -408,12 +415,12 @@ def read_runs(directory: str | Path, with_cost: bool = True) -> list[RunResult]:
                 result.params = result.params if result.params is not None else params
             except AstroError:  # a model the zoo no longer builds: still listed, just not on the curves
                 result.macs = None
-        runs.append(result)
     return runs
 
 
-def scaling_curves(runs: Sequence[RunResult], attribute: str) -> dict[str, list[tuple[float, float]]]:
-    """``(x, best top-1)`` points sorted by x, per curve: one per model family and data set.
+def scaling_curves(runs: Sequence[RunResult], attribute: str) -> dict[str, list[tuple[float, float, float]]]:
+    """``(x, best top-1, half 95% interval)`` points sorted by x, per curve: one per model family and
+    data set (the interval is a cv parent's, 0 for a single run).
 
     Runs on different data sets are never one curve (their accuracies are not comparable); the
     curve is named ``family (dataset)`` when the runs span several data sets, else ``family``.
@@ -422,13 +429,37 @@ def scaling_curves(runs: Sequence[RunResult], attribute: str) -> dict[str, list[
     curves: dict[str, list[tuple[float, float]]] = {}
     for family, dataset in sorted({(run.family, run.dataset) for run in runs}):
         points = sorted(
-            (getattr(run, attribute), run.best_top1)
+            (getattr(run, attribute), run.best_top1, _ci_half(run))
             for run in runs
             if (run.family, run.dataset) == (family, dataset) and getattr(run, attribute)
         )
         if points:
             curves[f"{family} ({dataset})" if several_datasets and dataset else family] = points
     return curves
+
+
+def _read_cv_parent(parent: Path) -> RunResult | None:
+    """A cv parent as one RunResult: mean top-1 over its finished runs, with std and 95% interval."""
+    from astrocli.cv import read_cv
+    from astrocli.errors import AstroError
+
+    try:
+        report = read_cv(parent)
+    except AstroError:  # no run finished yet
+        return None
+    first = _read_run(parent / report["runs"][0])
+    stats = report["metrics"].get("top1")
+    if first is None or stats is None:
+        return None
+    first.run, first.best_top1 = str(parent), float(stats["mean"])
+    first.top1_std, first.top1_ci95, first.cv_runs = stats["std"], stats["ci95"], len(report["runs"])
+    return first
+
+
+def _ci_half(run: RunResult) -> float:
+    """Half the width of a cv parent's 95% interval (0 for a single run)."""
+    ci = run.top1_ci95
+    return (ci[1] - ci[0]) / 2 if ci else 0.0
 
 
 def plot_scaling(runs: Sequence[RunResult], path: str | Path) -> Path:
@@ -443,8 +474,9 @@ def plot_scaling(runs: Sequence[RunResult], path: str | Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for axis, attribute, label in ((axes[0], "params", "parameters"), (axes[1], "macs", "MACs per image")):
         for name, points in scaling_curves(runs, attribute).items():
-            xs, ys = zip(*points, strict=True)
-            axis.plot(xs, ys, marker="o", label=name)
+            xs, ys, errs = zip(*points, strict=True)
+            # cv parents: the mean with its 95% interval as an error bar (0 for a single run)
+            axis.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=name)
         axis.set_xscale("log")
         # 300k / 1M / 3G instead of crowded 3x10^5 minor labels
         axis.xaxis.set_major_formatter(EngFormatter())

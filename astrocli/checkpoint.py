@@ -16,12 +16,21 @@ and feed it without the run directory:
     recipe       the fully resolved recipe as JSON
     weights      "model" or "ema" (which weights these are)
     epoch        "12"; metrics: JSON object of the epoch's validation metrics
+    pixels       "uint8" (8-bit PIL images) or "float" (float32 arrays: FITS, 16-bit, N bands)
+    scaling      intensity scaling of the float path ("none", "asinh", ...); scaling_params: JSON
+    reader       JSON {fits_hdu, layout, nan_fill}: how the float path reads files
+
+Checkpoints written before the float path have none of the last four keys; they read as
+``pixels: uint8`` (or what their stored recipe says) and load as before.
+    temperature  "1.43": softmax temperature fitted on the validation split (astrocli/calibration.py);
+                 absent in older checkpoints, read as 1.0
 
 Nothing here unpickles: safetensors cannot hold code.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -30,12 +39,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from astrocli.errors import CheckpointError
+from astrocli.errors import CheckpointError, write_error
 
 if TYPE_CHECKING:  # annotations only: CheckpointMeta and atomic writes must work without torch (ONNX predict)
     import torch
 
 FORMAT = "astro-checkpoint/1"
+# How the float path reads files (recipe data keys), for checkpoints whose recipe lacks them.
+READER_DEFAULTS: dict[str, Any] = {"fits_hdu": None, "layout": "auto", "nan_fill": None}
 
 
 @dataclass
@@ -55,6 +66,24 @@ class CheckpointMeta:
     weights: str = "model"
     epoch: int = 0
     metrics: dict[str, Any] = field(default_factory=dict)
+    # The float path (astrocli.science): None = take it from ``recipe['data']`` (older checkpoints).
+    pixels: str | None = None
+    scaling: str | None = None
+    scaling_params: dict[str, float] | None = None
+    reader: dict[str, Any] | None = None
+
+    temperature: float = 1.0  # probabilities are softmax(logits / temperature)
+
+    def __post_init__(self) -> None:
+        data = self.recipe.get("data", {}) if isinstance(self.recipe, dict) else {}
+        if self.pixels is None:
+            self.pixels = "float" if data.get("pixels") == "float" else "uint8"
+        if self.scaling is None:
+            self.scaling = data.get("scaling", "none")
+        if self.scaling_params is None:
+            self.scaling_params = dict(data.get("scaling_params") or {})
+        if self.reader is None:
+            self.reader = {key: data.get(key, default) for key, default in READER_DEFAULTS.items()}
 
     def to_metadata(self) -> dict[str, str]:
         """Encode as safetensors metadata (all values strings; structured ones as JSON)."""
@@ -73,6 +102,11 @@ class CheckpointMeta:
             "weights": self.weights,
             "epoch": str(self.epoch),
             "metrics": json.dumps(self.metrics),
+            "pixels": str(self.pixels),
+            "scaling": str(self.scaling),
+            "scaling_params": json.dumps(self.scaling_params),
+            "reader": json.dumps(self.reader),
+            "temperature": repr(float(self.temperature)),
         }
 
     @classmethod
@@ -98,6 +132,11 @@ class CheckpointMeta:
                 weights=meta.get("weights", "model"),
                 epoch=int(meta.get("epoch", "0")),
                 metrics=json.loads(meta.get("metrics", "{}")),
+                pixels=meta.get("pixels"),
+                scaling=meta.get("scaling"),
+                scaling_params=json.loads(meta["scaling_params"]) if "scaling_params" in meta else None,
+                reader=json.loads(meta["reader"]) if "reader" in meta else None,
+                temperature=float(meta.get("temperature", "1.0")),
             )
         except (KeyError, ValueError) as exc:
             raise CheckpointError(f"{source}: damaged astro metadata ({exc})") from None
@@ -106,8 +145,11 @@ class CheckpointMeta:
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the whole new one, never half."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)  # missing output folders are created
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise write_error(path, exc) from None
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -115,9 +157,31 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp makes 0600; give the file normal permissions
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise write_error(path, exc) from None
         raise
+
+
+def check_writable(path: str | Path) -> None:
+    """Fail before any work when ``path`` cannot be written (a read-only folder, a file in the way).
+
+    Missing folders are fine (the atomic write creates them); the nearest existing one is tried
+    with a real temporary file, since permission bits say nothing on a read-only mount or as root.
+    """
+    path = Path(path)
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        if not folder.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "not a directory", str(folder))
+        fd, tmp = tempfile.mkstemp(prefix=".astro-write-check.", dir=folder)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise write_error(path, exc) from None
 
 
 def _current_umask() -> int:

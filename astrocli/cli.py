@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 
 import typer
+from rich.markup import escape
 
 from astrocli import __version__, is_missing_pytorch
 from astrocli.errors import AstroError
@@ -32,7 +33,18 @@ PYTORCH_NEEDED = (
 )
 
 # Order here is the order in `astro --help`.
-COMMAND_MODULES = ("train", "eval", "predict", "export", "bench", "models", "recipes")
+COMMAND_MODULES = (
+    "train",
+    "cv",
+    "tune",
+    "eval",
+    "compare",
+    "predict",
+    "export",
+    "bench",
+    "models",
+    "recipes",
+)
 
 
 def _version_callback(value: bool) -> None:
@@ -76,7 +88,8 @@ def main() -> None:
         if isinstance(exit_code, int) and exit_code:
             sys.exit(exit_code)
     except AstroError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        # escape: a message may hold [brackets] (`[0.08, 1.0]`, paths, "pip install 'astrocli[export]'").
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)

@@ -33,6 +33,13 @@ def eval_recipe(meta: CheckpointMeta, overrides: Sequence[str] = ()) -> Recipe:
     """The checkpoint's recipe with ``KEY=VALUE`` overrides applied (validated like ``astro train``'s)."""
     raw: dict[str, Any] = copy.deepcopy(meta.recipe) if meta.recipe else {}
     for item in overrides:
+        key = item.partition("=")[0].strip()
+        if key == "model" or key.startswith("model."):
+            # The checkpoint fixes the architecture and weights; a model.* override would be ignored.
+            raise AstroError(
+                f"override '{item}' cannot apply: astro eval runs the checkpoint's own model "
+                f"({meta.model}); drop it, or evaluate another checkpoint"
+            )
         apply_override(raw, item)
     return recipe_from_dict(raw)
 
@@ -66,6 +73,20 @@ def collect_probabilities(
     With ``tta`` the probabilities of each image and its horizontal flip are averaged (in log
     space, so confident predictions keep an exact loss).
     """
+    log_probs, _, targets = _collect(runner, dataset, batch_size, num_workers, tta, on_batch)
+    return log_probs, targets
+
+
+def _collect(
+    runner: Runner,
+    dataset: Any,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    tta: bool = False,
+    on_batch: Callable[[int], None] | None = None,
+    temperature: float = 1.0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`collect_probabilities` plus the log-probabilities of ``logits / temperature``."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -78,19 +99,23 @@ def collect_probabilities(
         num_workers=num_workers,
         persistent_workers=False,
     )
-    all_log_probs, all_targets = [], []
+    all_log_probs, all_calibrated, all_targets = [], [], []
     for images, targets in loader:
-        log_probs = log_softmax(runner.logits(images))
+        views = [runner.logits(images)]
         if tta:
-            flipped = log_softmax(runner.logits(torch.flip(images, dims=[-1])))
-            log_probs = np.logaddexp(log_probs, flipped) - np.log(2.0)
-        all_log_probs.append(log_probs)
+            views.append(runner.logits(torch.flip(images, dims=[-1])))
+        for t, out in ((1.0, all_log_probs), (temperature, all_calibrated)):
+            log_probs = [log_softmax(np.asarray(v, dtype=np.float64) / t) for v in views]
+            if tta:
+                out.append(np.logaddexp(*log_probs) - np.log(2.0))
+            else:
+                out.append(log_probs[0])
         all_targets.append(targets.numpy())
         if on_batch is not None:
             on_batch(len(targets))
     if not all_log_probs:
         raise AstroError("the evaluation split is empty; check data.root and data.split")
-    return np.concatenate(all_log_probs), np.concatenate(all_targets)
+    return np.concatenate(all_log_probs), np.concatenate(all_calibrated), np.concatenate(all_targets)
 
 
 def evaluate(
@@ -100,19 +125,53 @@ def evaluate(
     num_workers: int = 0,
     tta: bool = False,
     on_batch: Callable[[int], None] | None = None,
+    ci_resamples: int = 0,
+    ci_seed: int = 0,
 ) -> dict[str, Any]:
     """Every ``astro eval`` metric for ``runner`` on ``dataset`` (see :func:`classification_metrics`).
 
     The loss is the mean negative log-likelihood of the (TTA-averaged) probabilities, which is
-    the cross-entropy of the logits without TTA.
+    the cross-entropy of the logits without TTA. With ``ci_resamples`` > 0 the report also holds
+    seeded bootstrap 95% intervals ``top1_ci95``, ``macro_f1_ci95``, ``balanced_accuracy_ci95``.
     """
-    log_probs, targets = collect_probabilities(runner, dataset, batch_size, num_workers, tta, on_batch)
+    temperature = getattr(runner.meta, "temperature", 1.0)
+    log_probs, calibrated, targets = _collect(
+        runner, dataset, batch_size, num_workers, tta, on_batch, temperature
+    )
     loss = nll_loss(None, targets, log_probs=log_probs)
     report = classification_metrics(np.exp(log_probs), targets, runner.class_names, loss=loss)
+    report.update(calibration_report(np.exp(log_probs), np.exp(calibrated), targets, temperature))
+    if ci_resamples > 0:
+        from astrocli.stats import bootstrap_metrics
+
+        if len(targets) < 2:
+            raise AstroError("--ci needs at least 2 evaluation images")
+        intervals = bootstrap_metrics(
+            log_probs.argmax(axis=1), targets, len(runner.class_names), ci_resamples, ci_seed
+        )
+        report.update({f"{name}_ci95": ci for name, ci in intervals.items()})
+        report["ci"] = {"method": "percentile bootstrap", "resamples": ci_resamples, "seed": ci_seed}
     report["tta"] = tta
     report["model"] = runner.meta.model
     report["checkpoint"] = str(runner.source)
     return report
+
+
+def calibration_report(
+    probs: np.ndarray, calibrated: np.ndarray, targets: np.ndarray, temperature: float
+) -> dict[str, Any]:
+    """``temperature`` (the checkpoint's), ``ece_calibrated`` and ``loss_calibrated`` with it, and the
+    reliability curves (astrocli/calibration.py) for ``--plot``."""
+    from astrocli.calibration import reliability
+    from astrocli.metrics import expected_calibration_error
+
+    return {
+        "temperature": float(temperature),
+        "ece_calibrated": expected_calibration_error(calibrated, targets),
+        "loss_calibrated": nll_loss(calibrated, targets),
+        "reliability": reliability(probs, targets),
+        "reliability_calibrated": reliability(calibrated, targets),
+    }
 
 
 def write_report_json(report: dict[str, Any], path: str | Path) -> None:

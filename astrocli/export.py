@@ -26,7 +26,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from astrocli.checkpoint import CheckpointMeta, atomic_write_bytes, atomic_write_text, load_checkpoint
+from astrocli.checkpoint import (
+    CheckpointMeta,
+    atomic_write_bytes,
+    atomic_write_text,
+    check_writable,
+    load_checkpoint,
+)
 from astrocli.errors import AstroError
 
 FORMATS = ("onnx", "torchscript", "safetensors")
@@ -95,18 +101,14 @@ def real_inputs(
     From ``images`` (files, directories, globs) when given, else from the held-out split of the
     checkpoint's recipe (never downloading). Returns ``(None, reason)`` when none can be had.
     """
-    from astrocli.data import build_eval_transform
-
-    transform = build_eval_transform(
-        meta.img_size, meta.crop_pct, meta.interpolation, meta.mean, meta.std, meta.in_chans
-    )
+    load, transform = _eval_io(meta)
     if images:
-        from astrocli.predict import collect_inputs, load_image
+        from astrocli.predict import collect_inputs
 
         tensors = []
         for path in collect_inputs(images).files:
             try:
-                tensors.append(transform(load_image(path, meta.in_chans)))
+                tensors.append(transform(load(path)))
             except Exception:  # an unreadable file is skipped; the next one may do
                 continue
             if len(tensors) == limit:
@@ -115,6 +117,21 @@ def real_inputs(
             raise AstroError(f"--images {' '.join(images)}: no readable image found")
         return torch.stack(tensors), f"{len(tensors)} images from --images"
     return _recipe_images(meta, transform, limit)
+
+
+def _eval_io(meta: CheckpointMeta) -> tuple[Callable[[Any], Any], Callable[[Any], torch.Tensor]]:
+    """(read a file, preprocess it) as ``astro predict`` does for this checkpoint."""
+    if meta.pixels == "float":  # float arrays (FITS, 16-bit, N bands): the float path's reader
+        from astrocli.data.arrays import float_eval_io
+
+        return float_eval_io(meta)
+    from astrocli.data import build_eval_transform
+    from astrocli.predict import load_image
+
+    transform = build_eval_transform(
+        meta.img_size, meta.crop_pct, meta.interpolation, meta.mean, meta.std, meta.in_chans
+    )
+    return (lambda path: load_image(path, meta.in_chans)), transform
 
 
 def _recipe_images(
@@ -375,6 +392,7 @@ def export_checkpoint(
     path = Path(output) if output is not None else default_output(checkpoint, fmt)
     if path.resolve() == checkpoint.resolve():
         raise AstroError(f"--output '{path}' is the checkpoint itself; choose another path")
+    check_writable(safetensors_output_paths(path)[0] if fmt == "safetensors" else path)
     result = ExportResult(format=fmt, path=path)
 
     if fmt == "safetensors":

@@ -34,6 +34,17 @@ PIL_FILTERS = {
 }
 
 
+# What PIL raises for a file it cannot decode. DecompressionBombError (an image over twice
+# Image.MAX_IMAGE_PIXELS, e.g. 15000x15000) derives from Exception, not OSError: without it here
+# one oversized file stopped a whole training run instead of being skipped like a corrupt one.
+UNREADABLE_IMAGE_ERRORS: tuple[type[Exception], ...] = (
+    OSError,
+    ValueError,
+    SyntaxError,
+    Image.DecompressionBombError,
+)
+
+
 def is_image_file(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` has an image extension PIL reads."""
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS

@@ -42,6 +42,7 @@ class Runner:
         self.meta = meta
         self.source = source
         self._transform: Callable[[Any], Any] | None = None
+        self._reader: Any = None
 
     @property
     def class_names(self) -> list[str]:
@@ -63,7 +64,30 @@ class Runner:
         from astrocli.imaging import EvalPreprocess
 
         m = self.meta
+        if m.pixels == "float":  # scaled float arrays in, the same numbers for checkpoint and ONNX
+            from astrocli.science import preprocess_for
+
+            return preprocess_for(m)
         return EvalPreprocess(m.img_size, m.crop_pct, m.interpolation, m.mean, m.std, m.in_chans)
+
+    def load_input(self, path: str | Path) -> Any:
+        """Read one file as :attr:`transform` takes it: a PIL image, or (float path) a scaled array.
+
+        Raises ValueError/OSError for a file that cannot be used (the caller reports it by row).
+        """
+        if self.meta.pixels != "float":
+            from astrocli.predict import load_image
+
+            return load_image(Path(path), self.meta.in_chans)
+        from astrocli.errors import DataError
+        from astrocli.science import reader_for
+
+        if self._reader is None:
+            self._reader = reader_for(self.meta)
+        try:
+            return self._reader.read(path)
+        except DataError as exc:  # one file's fault (NaN pixels, wrong bands): its row, not the run
+            raise ValueError(str(exc)) from None
 
     def stack(self, items: Sequence[Any]) -> Any:
         """Stack transformed images into the batch :meth:`logits` takes."""
@@ -94,6 +118,8 @@ class TorchRunner(Runner):
         from astrocli.data import build_eval_transform
 
         m = self.meta
+        if m.pixels == "float":
+            return super()._build_transform()
         return build_eval_transform(m.img_size, m.crop_pct, m.interpolation, m.mean, m.std, m.in_chans)
 
     def stack(self, items: Sequence[Any]) -> Any:

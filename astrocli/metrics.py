@@ -127,7 +127,8 @@ def classification_metrics(
 ) -> dict[str, Any]:
     """Every metric ``astro eval`` reports, as JSON-able data.
 
-    Keys: ``num_samples``, ``top1``, ``top5`` (percent), ``loss`` (given, or the mean negative
+    Keys: ``num_samples``, ``top1``, ``top5``, ``macro_f1``, ``balanced_accuracy`` (percent),
+    ``loss`` (given, or the mean negative
     log-likelihood of ``probs``), ``ece``, ``per_class``, ``macro``, ``weighted``,
     ``confusion_matrix`` (list of rows), ``class_names``.
     """
@@ -141,14 +142,17 @@ def classification_metrics(
     if loss is None:
         loss = nll_loss(p, t)
     report = per_class_report(t, preds, class_names)
+    confusion = confusion_matrix(t, preds, num_classes)
     return {
         "num_samples": int(len(t)),
         "top1": topk[1],
         "top5": topk[5],
+        "macro_f1": macro_f1(confusion),
+        "balanced_accuracy": balanced_accuracy(confusion),
         "loss": float(loss),
         "ece": expected_calibration_error(p, t),
         **report,
-        "confusion_matrix": confusion_matrix(t, preds, num_classes).tolist(),
+        "confusion_matrix": confusion.tolist(),
         "class_names": [str(c) for c in class_names],
     }
 
@@ -166,3 +170,38 @@ def nll_loss(probs: Any, targets: Any, log_probs: Any = None) -> float:
         log_probs = np.log(np.clip(to_numpy(probs).astype(np.float64), 1e-300, None))
     true_log_p = np.take_along_axis(to_numpy(log_probs).astype(np.float64), t[:, None], axis=1)[:, 0]
     return float(-true_log_p.mean())
+
+
+# Macro-F1 and balanced accuracy from a confusion matrix: the trainer accumulates the matrix on the
+# device (and sums it across DDP ranks), so these work from counts; scikit-learn's f1_score and
+# balanced_accuracy_score need the per-image labels. The definitions match scikit-learn's exactly
+# (tested against them): macro-F1 over every class with zero_division=0, balanced accuracy = mean
+# recall over the classes that have images.
+
+
+def macro_f1(confusion: Any) -> float:
+    """Macro-averaged F1 in percent from a ``[K, K]`` confusion matrix (rows true, columns predicted).
+
+    Equals ``100 * sklearn.metrics.f1_score(t, p, labels=range(K), average="macro", zero_division=0)``.
+    """
+    c = to_numpy(confusion).astype(np.float64)
+    if c.size == 0 or c.sum() == 0:
+        return 0.0
+    tp = np.diag(c)
+    support, predicted = c.sum(axis=1), c.sum(axis=0)
+    denominator = support + predicted  # F1 = 2 TP / (2 TP + FP + FN) = 2 TP / (support + predicted)
+    f1 = np.divide(2 * tp, denominator, out=np.zeros_like(tp), where=denominator > 0)
+    return float(100.0 * f1.mean())
+
+
+def balanced_accuracy(confusion: Any) -> float:
+    """Balanced accuracy (mean per-class recall) in percent over the classes present in the targets.
+
+    Equals ``100 * sklearn.metrics.balanced_accuracy_score(t, p)``.
+    """
+    c = to_numpy(confusion).astype(np.float64)
+    support = c.sum(axis=1)
+    present = support > 0
+    if not present.any():
+        return 0.0
+    return float(100.0 * (np.diag(c)[present] / support[present]).mean())

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from astrocli.checkpoint import atomic_write_text
+from astrocli.checkpoint import atomic_write_text, check_writable
 from astrocli.errors import AstroError
 from astrocli.imaging import convert_image, image_mode, is_image_file
 from astrocli.inference import Runner
@@ -53,7 +53,7 @@ class Inputs:
 def is_predictable(path: Path) -> bool:
     """Whether a file found while walking a directory looks like an image (FITS included)."""
     name = path.name.lower()
-    return is_image_file(path) or name.endswith(FITS_EXTENSIONS)
+    return is_image_file(path) or name.endswith(FITS_EXTENSIONS) or name.endswith(".npy")
 
 
 def _walk(directory: Path) -> list[Path]:
@@ -195,14 +195,15 @@ def predict_files(
             row: dict[str, Any] = {"path": str(path)}
             rows.append(row)
             try:
-                tensors.append(runner.transform(load_image(path, runner.meta.in_chans)))
+                tensors.append(runner.transform(runner.load_input(path)))
                 ok_rows.append(row)
             except AstroError:
                 raise
             except Exception as exc:  # PIL / astropy / OS errors: this file only
                 row["error"] = _error_reason(exc)
         if tensors:
-            probs = softmax(runner.logits(runner.stack(tensors)))
+            # The checkpoint's calibration temperature (1.0 when never calibrated; ONNX carries it too).
+            probs = softmax(runner.logits(runner.stack(tensors)) / runner.meta.temperature)
             for row, p in zip(ok_rows, probs, strict=True):
                 row.update(_prediction(p, names, k))
         if on_batch is not None:
@@ -230,6 +231,7 @@ def check_output_path(output: str | Path) -> Path:
         )
     if path.is_dir():
         raise AstroError(f"--output '{output}' is a directory; give a file name ending in .json or .csv")
+    check_writable(path)
     return path
 
 

@@ -14,8 +14,10 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -34,30 +36,23 @@ class ModelConfig:
     name: str = "cct_7_3x1_32"
     drop_rate: float = 0.0
     drop_path_rate: float | None = None  # None: the model's own default
-    pretrained: str | None = None  # path to a .safetensors checkpoint to start from
+    # Weights to start from: a .safetensors (.pth/.bin) file or folder, hf-hub:<org>/<name>, or timm
+    # (a timm/<name> model's default pretrained tag); see astrocli/pretrained.py
+    pretrained: str | None = None
 
 
 @dataclass
 class DataConfig:
     """Where the images come from and how they are split and fed."""
 
-    source: Literal[
-        "imagefolder",
-        "galaxy10_decals",
-        "galaxy10_sdss",
-        "cifar10",
-        "cifar100",
-        "mnist",
-        "fashion_mnist",
-        "flowers102",
-        "tiny_imagenet",
-        "digits",
-    ] = "imagefolder"
+    source: str = "imagefolder"  # a source registered in astrocli.data.sources.SOURCES
     root: str = "data"
     img_size: int = 32
     in_chans: int = 3
-    split: str = "auto"  # held-out split: auto (val, else test, else stratified) | val | test | stratified
-    val_fraction: float = 0.1  # seeded stratified split when the source has no held-out split
+    # held-out split for model selection: auto (val, else stratified; never test) | val | test | stratified
+    # (test = the papers' protocol: select on the test split; labelled as such in the run)
+    split: str = "auto"
+    val_fraction: float = 0.1  # seeded stratified split carved out of train when the source has no val split
     split_seed: int = 0
     download: bool = True
     url: str | None = None  # override the download URL (galaxy10_*)
@@ -66,10 +61,28 @@ class DataConfig:
     mean: list[float] | None = None  # None: the source's statistics
     std: list[float] | None = None
     pipeline: Literal["auto", "loader", "tensor"] = "auto"  # tensor: decoded uint8 cache + batched aug
-    cache_dir: str | None = None  # tensor cache location (default: <root>/.astro-cache)
+    cache_dir: str | None = None  # tensor cache folder (default: ~/.cache/astro/tensors, platformdirs)
     num_workers: int = 4
     crop_pct: float = 1.0  # evaluation: resize to img_size / crop_pct, then centre-crop img_size
     interpolation: Literal["bilinear", "bicubic", "nearest"] = "bicubic"
+    # Scientific data (docs/scientific-data.md). pixels: uint8 = 8-bit PIL images (1 or 3 channels);
+    # float = float32 [C, H, W] arrays (FITS, 16-bit, any band count); auto picks float for data
+    # that is not 8-bit, in_chans not 1/3, or a scaling; the run records what was chosen.
+    pixels: Literal["auto", "uint8", "float"] = "auto"
+    scaling: Literal["none", "minmax", "percentile", "asinh", "zscale"] = "none"  # per image and band
+    scaling_params: dict[str, float] = field(default_factory=dict)  # e.g. {percent: 99.5, a: 0.1}
+    fits_hdu: str | None = None  # FITS HDU name or number (None: the first HDU holding an image)
+    layout: Literal["auto", "channels_first", "channels_last"] = "auto"  # band axis of 3-D arrays
+    nan_fill: float | None = None  # value for NaN/inf pixels (None: refuse such images)
+    images_key: str = "images"  # h5 / npz: the images array
+    labels_key: str = "labels"  # h5 / npz: the integer labels array
+    class_names: list[str] | None = None  # h5 / npz: names of classes 0..K-1 (default class_<i>)
+    # Training order: uniform (each image once per epoch) | balanced (each class equally often,
+    # drawn with replacement; astrocli/data/balance.py)
+    sampler: Literal["uniform", "balanced"] = "uniform"
+    folds: int = 0  # k-fold cross-validation (`astro cv` sets these): folds over train (0 = off)
+    fold: int = 0  # the held-out fold (0-based) when data.folds > 0
+    fold_repeat: int = 0  # the repeat of repeated k-fold (folds reshuffled with split_seed per repeat)
 
 
 @dataclass
@@ -93,6 +106,10 @@ class AugmentConfig:
     mixup_switch_prob: float = 0.5
     mixup_off_epoch: int = 0  # turn mixup/cutmix off from this epoch (0 = never)
     label_smoothing: float = 0.0
+    # Fills the keys a recipe leaves out (augmentation, lr, warmup, epochs) from what the data is:
+    # auto (light, or strong for runs of 100+ epochs) | light | strong | none (fixed defaults;
+    # the paper recipes, which spell out their settings). Rules: astrocli/defaults.py
+    preset: Literal["auto", "none", "light", "strong"] = "auto"
 
 
 @dataclass
@@ -125,6 +142,15 @@ class TrainConfig:
     eval_every: int = 1
     max_steps_per_epoch: int | None = None  # cap for smoke tests and short schedules
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    layer_decay: float | None = None  # fine-tuning: lr x layer_decay^(layers above), timm's layer decay
+    freeze_epochs: int = 0  # fine-tuning: train only the classifier for the first N epochs
+    head_lr_mult: float = 1.0  # fine-tuning: the classifier's learning-rate multiplier
+    select_metric: Literal["top1", "macro_f1", "balanced_accuracy", "loss"] = (
+        "top1"  # decides best.safetensors
+    )
+    patience: int = 0  # stop after this many evaluations without improvement (0 = off)
+    class_weights: Literal["none", "balanced"] = "none"  # balanced: scikit-learn's weights in the loss
+    calibrate: bool = True  # fit a softmax temperature on the held-out split after training
 
 
 @dataclass
@@ -136,6 +162,10 @@ class OutputConfig:
     plots: bool = True
     save_every: int = 1  # epochs between `last` checkpoints
     log: Literal["rich", "quiet", "jsonl"] = "rich"
+    # Experiment loggers: csv (metrics.csv, always on), tensorboard, mlflow, wandb (optional extras).
+    loggers: list[Literal["csv", "tensorboard", "mlflow", "wandb"]] = field(default_factory=lambda: ["csv"])
+    mlflow_uri: str | None = None  # MLflow tracking URI (MLFLOW_TRACKING_URI wins; default <dir>/mlruns)
+    project: str = "astro"  # MLflow experiment / W&B project name
 
 
 @dataclass
@@ -198,7 +228,7 @@ def load_recipe(name_or_path: str | Path | None = None, overrides: list[str] | N
         try:
             loaded = yaml.safe_load(path.read_text())
         except yaml.YAMLError as exc:
-            raise RecipeError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+            raise RecipeError(describe_yaml_error(path, exc)) from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -248,9 +278,175 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     node[parts[-1]] = _OverrideValue(value.strip(), parsed)
 
 
+def describe_yaml_error(path: Path, exc: yaml.YAMLError) -> str:
+    """One line naming the file, line and column of a YAML syntax error (PyYAML's text spans lines)."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    if mark is None:
+        return f"{path}: not valid YAML ({problem}); fix the syntax"
+    return (
+        f"{path}, line {mark.line + 1}, column {mark.column + 1}: not valid YAML ({problem}); "
+        "fix the syntax there (indent with spaces, `key: value`)"
+    )
+
+
 def recipe_from_dict(raw: dict[str, Any]) -> Recipe:
-    """Build a :class:`Recipe` from plain data, strictly: every key known, every value typed."""
-    return _build(Recipe, raw, "")
+    """Build a :class:`Recipe` from plain data, strictly: every key known, every value typed and in range.
+
+    The recipe remembers which keys ``raw`` set (:func:`given_keys`): data-driven defaults
+    (astrocli/defaults.py) fill only the others.
+    """
+    recipe = _build(Recipe, raw, "")
+    check_ranges(recipe)
+    recipe.__dict__["_given"] = frozenset(_leaf_paths(raw))  # not a field: never serialised
+    return recipe
+
+
+# --------------------------------------------------------------------------------------------
+# Range checks: one table of constraints, applied to every recipe built (train, eval, cv, tune,
+# resume), so nothing starts that cannot finish. Without them a zero batch size surfaced as a
+# ZeroDivisionError mid-setup and `train.epochs=0` as timm's AssertionError.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """A test a key's value must pass (None always passes: it means "the default") and what it expects."""
+
+    test: Callable[[Any], bool]
+    expect: str
+
+
+def _in_range(low: float, high: float, *, low_open: bool = False, high_open: bool = False) -> Constraint:
+    def test(v: float) -> bool:
+        above = v > low if low_open else v >= low
+        below = v < high if high_open else v <= high
+        return above and below
+
+    brackets = ("(" if low_open else "[", ")" if high_open else "]")
+    return Constraint(test, f"a number in {brackets[0]}{low:g}, {high:g}{brackets[1]}")
+
+
+POSITIVE = Constraint(lambda v: v > 0, "positive")
+NON_NEGATIVE = Constraint(lambda v: v >= 0, "zero or more")
+PROBABILITY = _in_range(0.0, 1.0)
+NON_EMPTY = Constraint(lambda v: bool(v.strip()), "a non-empty name")
+SPLITS = ("auto", "val", "test", "stratified")
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def _range_pair(low: float, high: float) -> Constraint:
+    """``[lo, hi]`` with ``low <= lo <= hi <= high`` (random-resized-crop scale and ratio)."""
+    return Constraint(
+        lambda v: len(v) == 2 and low <= v[0] <= v[1] <= high,
+        f"two numbers [lo, hi] with {low:g} <= lo <= hi <= {high:g}",
+    )
+
+
+def _registered_source(name: str) -> bool:
+    # Imported here: astrocli.data.sources imports this module (for DataConfig).
+    from astrocli.data.sources import SOURCES
+
+    return name in SOURCES
+
+
+def _source_names() -> str:
+    from astrocli.data.sources import SOURCES
+
+    return "one of " + ", ".join(repr(name) for name in SOURCES)
+
+
+CONSTRAINTS: dict[str, Constraint] = {
+    "model.drop_rate": _in_range(0.0, 1.0, high_open=True),
+    "model.drop_path_rate": _in_range(0.0, 1.0, high_open=True),
+    "data.source": Constraint(_registered_source, "a registered source"),  # expect filled in on failure
+    "data.img_size": POSITIVE,
+    "data.in_chans": POSITIVE,  # 8-bit sources take 1 or 3; the float path any band count (data/sources.py)
+    "data.split": Constraint(lambda v: v in SPLITS, "one of " + ", ".join(repr(v) for v in SPLITS)),
+    "data.val_fraction": _in_range(0.0, 1.0, low_open=True, high_open=True),
+    "data.num_workers": NON_NEGATIVE,
+    "data.crop_pct": _in_range(0.0, 1.0, low_open=True),
+    "data.mean": Constraint(lambda v: len(v) > 0, "a list with one value per channel"),
+    "data.std": Constraint(lambda v: len(v) > 0 and all(s > 0 for s in v), "a list of positive numbers"),
+    "augment.scale": _range_pair(0.0, 1.0),
+    "augment.ratio": _range_pair(1e-6, math.inf),
+    "augment.padding": NON_NEGATIVE,
+    "augment.hflip": PROBABILITY,
+    "augment.vflip": PROBABILITY,
+    "augment.color_jitter": NON_NEGATIVE,
+    "augment.re_prob": PROBABILITY,
+    "augment.re_count": POSITIVE,
+    "augment.mixup": NON_NEGATIVE,
+    "augment.cutmix": NON_NEGATIVE,
+    "augment.mixup_prob": PROBABILITY,
+    "augment.mixup_switch_prob": PROBABILITY,
+    "augment.mixup_off_epoch": NON_NEGATIVE,
+    "augment.label_smoothing": _in_range(0.0, 1.0, high_open=True),
+    "train.epochs": POSITIVE,
+    "train.batch_size": POSITIVE,
+    "train.lr": POSITIVE,
+    "train.weight_decay": NON_NEGATIVE,
+    "train.momentum": PROBABILITY,
+    "train.warmup_epochs": NON_NEGATIVE,
+    "train.warmup_lr": NON_NEGATIVE,
+    "train.min_lr": NON_NEGATIVE,
+    "train.cooldown_epochs": NON_NEGATIVE,
+    "train.decay_epochs": POSITIVE,
+    "train.decay_rate": POSITIVE,
+    "train.grad_clip": POSITIVE,
+    "train.accum_steps": POSITIVE,
+    "train.ema_decay": PROBABILITY,
+    "train.eval_every": POSITIVE,
+    "train.max_steps_per_epoch": POSITIVE,
+    "train.device": Constraint(lambda v: bool(DEVICE_PATTERN.fullmatch(v)), "auto, cpu, cuda or cuda:N"),
+    "output.name": NON_EMPTY,
+    "output.save_every": POSITIVE,
+    "train.patience": NON_NEGATIVE,
+    "train.layer_decay": _in_range(0.0, 1.0, low_open=True),
+    "train.freeze_epochs": NON_NEGATIVE,
+    "train.head_lr_mult": POSITIVE,
+}
+
+
+def check_ranges(recipe: Recipe) -> None:
+    """Raise RecipeError for the first value :data:`CONSTRAINTS` rejects, naming the key and a fix."""
+    for key, constraint in CONSTRAINTS.items():
+        section, name = key.split(".")
+        value = getattr(getattr(recipe, section), name)
+        if value is None or constraint.test(value):
+            continue
+        expect = _source_names() if key == "data.source" else constraint.expect
+        default = getattr(getattr(Recipe(), section), name)
+        example = f" (the default is {key}={_yaml_scalar(default)})" if key != "data.source" else ""
+        raise RecipeError(f"recipe key '{key}' must be {expect}, got {_yaml_scalar(value)}{example}")
+
+
+def _yaml_scalar(value: Any) -> str:
+    """A value as it would be typed in an override (``[0.08, 1.0]``, ``null``, ``cpu``)."""
+    return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
+
+
+def given_keys(recipe: Recipe) -> frozenset[str]:
+    """Dotted keys (``augment.crop``) the recipe's YAML and overrides set; for a recipe built in
+    code (``Recipe()``), none."""
+    return recipe.__dict__.get("_given", frozenset())
+
+
+def mark_given(recipe: Recipe, keys: set[str] | frozenset[str]) -> None:
+    """Record ``keys`` as set (e.g. after defaults filled them in)."""
+    recipe.__dict__["_given"] = given_keys(recipe) | frozenset(keys)
+
+
+def _leaf_paths(raw: Any, prefix: str = "") -> list[str]:
+    if not isinstance(raw, dict):
+        return []
+    paths = []
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            paths.extend(_leaf_paths(value, f"{prefix}{key}."))
+        elif not (prefix == "" and value is None):  # an empty section (`augment:`) sets nothing
+            paths.append(f"{prefix}{key}")
+    return paths
 
 
 def _build(cls: type, raw: Any, prefix: str) -> Any:
@@ -313,6 +509,11 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     if origin is Literal:
         if value in typing.get_args(tp):
             return value
+        raise fail
+    if origin is dict:  # a mapping of typed values (data.scaling_params)
+        _key_type, item = typing.get_args(tp)
+        if isinstance(value, dict):
+            return {str(k): _coerce(v, item, f"{path}.{k}") for k, v in value.items()}
         raise fail
     if origin is list:
         (item,) = typing.get_args(tp)

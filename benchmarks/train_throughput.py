@@ -109,10 +109,13 @@ def make_step(model, optimizer, device: torch.device, amp: bool):
     return step
 
 
-def try_compile(model: torch.nn.Module, step_check) -> tuple[torch.nn.Module, str]:
-    """``torch.compile`` the model, proven by one real step; on failure say why and stay eager."""
+def try_compile(model: torch.nn.Module, step_check, backend: str = "inductor") -> tuple[torch.nn.Module, str]:
+    """``torch.compile`` the model, proven by one real step; on failure say why and stay eager.
+
+    ``backend="eager"`` runs dynamo's graph capture without code generation (CPU smoke runs).
+    """
     try:
-        compiled = torch.compile(model)
+        compiled = torch.compile(model, backend=backend)
         step_check(compiled)
         return compiled, "compiled"
     except Exception as exc:  # inductor raises many kinds (missing compiler, unsupported op, ...)
@@ -199,7 +202,7 @@ def matmul_rate(device: torch.device) -> tuple[float, str]:
 # ------------------------------------------------------------------------------------------------
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -222,40 +225,45 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--cutmix", type=float, default=1.0)
     parser.add_argument("--re-prob", type=float, default=0.25)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--recipe",
+        default=None,
+        help="take the augmentation from this recipe (e.g. cifar10_cct_7_3x1) instead of the options above",
+    )
+    parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend")
     parser.add_argument("--out", type=Path)
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
-def main() -> None:
-    args = parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    amp = (args.amp or ("bf16" if device.type == "cuda" else "none")) == "bf16"
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-
-    recipe = load_recipe(
-        None,
-        [
-            f"data.img_size={args.img_size}",
-            "data.interpolation=bicubic",
-            f"data.cache_dir={args.cache_dir}" if args.cache_dir else "data.cache_dir=null",
-            f"data.root={args.data.parent if args.data.suffix == '.zip' else args.data}",
-            f"train.batch_size={args.batch_size}",
-            f"train.channels_last={str(args.channels_last).lower()}",
+def bench_recipe(args: argparse.Namespace):
+    """The benchmark's recipe: ``--recipe``'s augmentation, or the augmentation options given."""
+    overrides = [
+        f"data.img_size={args.img_size}",
+        "data.interpolation=bicubic",
+        f"data.cache_dir={args.cache_dir}" if args.cache_dir else "data.cache_dir=null",
+        f"data.root={args.data.parent if args.data.suffix == '.zip' else args.data}",
+        f"train.batch_size={args.batch_size}",
+        f"train.channels_last={str(args.channels_last).lower()}",
+    ]
+    if args.recipe is None:
+        overrides += [
             f"augment.auto_augment={args.auto_augment}" if args.auto_augment else "augment.auto_augment=null",
             f"augment.re_prob={args.re_prob}",
             f"augment.mixup={args.mixup}",
             f"augment.cutmix={args.cutmix}",
             "augment.label_smoothing=0.1",
-        ],
-    )
+        ]
+    recipe = load_recipe(args.recipe, overrides)
     if args.data.suffix == ".zip":
         recipe.data.cache_dir = str(
             args.cache_dir or extract_zip(args.data, args.max_images) / ".astro-cache"
         )
+    return recipe
+
+
+def real_batches(args: argparse.Namespace, device: torch.device):
+    """(tensor-pipeline batch source on ``device``, images in its cache, seconds to build/load the cache)."""
+    recipe = bench_recipe(args)
     dataset = folder_dataset(args.data, args.max_images)
     start = time.perf_counter()
     cache = build_tensor_cache(dataset, recipe.data, "train")
@@ -263,6 +271,32 @@ def main() -> None:
     source = TensorTrainBatches(
         cache, recipe, device, num_classes=args.num_classes, mean=CIFAR_MEAN, std=CIFAR_STD
     )
+    return source, len(cache), cache_seconds
+
+
+def setup_device(args: argparse.Namespace) -> tuple[torch.device, bool]:
+    """The device and whether to autocast to bf16; TF32 on for CUDA; ``--threads`` applied."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    amp = (args.amp or ("bf16" if device.type == "cuda" else "none")) == "bf16"
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return device, amp
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()})"
+
+
+def measure(args: argparse.Namespace, peak: tuple[float, str] | None = None) -> dict:
+    """Run the benchmark described by ``args``; returns the result record.
+
+    ``peak``: (matmul FLOP/s, dtype) already measured in this process (default: measure it here).
+    """
+    device, amp = setup_device(args)
+    source, images_in_cache, cache_seconds = real_batches(args, device)
 
     model = build_model(args, device)
     fwd_flops = forward_flops_per_image(model, args.img_size)
@@ -276,7 +310,9 @@ def main() -> None:
     mode = "eager"
     if args.compile:
         model, mode = try_compile(
-            model, lambda m: make_step(m, optimizer, device, amp)(synthetic_images, synthetic_targets)
+            model,
+            lambda m: make_step(m, optimizer, device, amp)(synthetic_images, synthetic_targets),
+            args.compile_backend,
         )
     step = make_step(model, optimizer, device, amp)
 
@@ -293,23 +329,22 @@ def main() -> None:
         device,
     )
     synthetic, real = statistics.median(speeds["synthetic"]), statistics.median(speeds["real"])
-    peak, peak_dtype = matmul_rate(device)
+    peak, peak_dtype = peak or matmul_rate(device)
     train_flops = 3 * fwd_flops
-    result = {
+    return {
         "benchmark": "train_throughput",
         "model": args.model,
         "img_size": args.img_size,
         "batch_size": args.batch_size,
-        "device": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else f"cpu ({platform.machine()})",
+        "device": device_name(device),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "amp": "bf16" if amp else "none",
         "channels_last": args.channels_last,
         "fused_adamw": fused,
         "mode": mode,
-        "images_in_cache": len(cache),
+        "augmentation": args.recipe or "options",
+        "images_in_cache": images_in_cache,
         "cache_build_s": cache_seconds,
         "synthetic_img_per_s": synthetic,
         "tensor_pipeline_img_per_s": real,
@@ -323,6 +358,11 @@ def main() -> None:
         "mfu_tensor_pipeline": train_flops * real / peak,
         "command": " ".join(["python", *sys.argv]),
     }
+
+
+def main() -> None:
+    args = parse_args()
+    result = measure(args)
     print_table(result)
     if args.out:
         args.out.write_text(json.dumps(result, indent=2))

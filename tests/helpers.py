@@ -30,6 +30,12 @@ def run_astro(
     return code, captured.out, captured.err
 
 
+def class_dirs(root: Path) -> list[Path]:
+    """The class folders of an image-folder tree, sorted, hidden ones skipped (as astro's readers do:
+    a `.astro-cache/` or `.ipynb_checkpoints/` beside the classes is not a class)."""
+    return sorted(p for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
 def make_checkpoint(
     path: Path,
     model_name: str,
@@ -42,7 +48,7 @@ def make_checkpoint(
 
     ``meta_fields`` override :class:`CheckpointMeta` fields (mean, std, crop_pct, ...).
     """
-    class_names = sorted(p.name for p in data_root.iterdir() if p.is_dir())
+    class_names = [p.name for p in class_dirs(data_root)]
     torch.manual_seed(seed)
     model = create_model(model_name, num_classes=len(class_names), img_size=img_size)
     recipe = Recipe()

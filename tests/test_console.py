@@ -438,7 +438,10 @@ def test_bench_runs_use_summary_params_and_keep_datasets_apart(tmp_path: Path, m
     one_channel = bench.build_model("cct_2_3x2_32", 10, 32, in_chans=1, device="meta")
     assert results["digits-cct2"].macs == bench.count_macs(one_channel, 32, in_chans=1)
     curves = bench.scaling_curves(list(results.values()), "params")
-    assert curves == {"cct (cifar10)": [(283_723, 70.0)], "cct (digits)": [(282_571, 95.0), (480_000, 97.0)]}
+    assert curves == {  # third element: half the 95% interval, 0 for single runs (cv parents have one)
+        "cct (cifar10)": [(283_723, 70.0, 0.0)],
+        "cct (digits)": [(282_571, 95.0, 0.0), (480_000, 97.0, 0.0)],
+    }
 
     code, out = run_astro_narrow(["bench", "--runs", runs], monkeypatch, capsys)
     assert code == 0 and str(runs / "digits-cct2") in out and "digits" in out and "cifar10" in out

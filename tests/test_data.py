@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import class_dirs
 from PIL import Image
 
 from astrocli.data import build_datasets, build_eval_transform, build_train_transform
@@ -24,12 +25,16 @@ def recipe_for(*overrides: str):
 def test_imagefolder_with_test_folder(cifar10_small: Path) -> None:
     bundle = build_datasets(recipe_for("data.source=imagefolder", f"data.root={cifar10_small}").data)
     assert bundle.class_names[:2] == ["airplane", "automobile"] and bundle.num_classes == 10
-    assert (len(bundle.train), len(bundle.val)) == (200, 50)
-    assert bundle.split_info["heldout_split"] == "test"
-    assert set(bundle.split_info["counts"]["val"].values()) == {5}
+    # auto: the held-out split is carved out of train (stratified); test/ is kept for one final score
+    assert (len(bundle.train), len(bundle.val), len(bundle.test)) == (180, 20, 50)
+    assert bundle.split_info["heldout_split"] == "stratified" and bundle.split_info["test_split"] == "test"
+    assert set(bundle.split_info["counts"]["val"].values()) == {2}
+    assert set(bundle.split_info["counts"]["test"].values()) == {5}
     json.dumps(bundle.split_info)  # JSON-able, recorded as split.json
-    img, label = bundle.val[0]
-    assert img.mode == "RGB" and img.size == (32, 32) and label == bundle.val.targets[0] == 0
+    papers = build_datasets(recipe_for(f"data.root={cifar10_small}", "data.split=test").data)
+    assert (len(papers.train), len(papers.val)) == (200, 50) and papers.test is None
+    img, label = papers.val[0]
+    assert img.mode == "RGB" and img.size == (32, 32) and label == papers.val.targets[0] == 0
     gray = build_datasets(recipe_for(f"data.root={cifar10_small}", "data.in_chans=1").data)
     assert gray.train[0][0].mode == "L" and len(gray.mean) == 1
     with pytest.raises(DataError, match="data.split 'val' does not exist .* auto, test, stratified"):
@@ -85,7 +90,7 @@ def test_odd_modes_are_converted_and_bad_files_reported(cifar10_small: Path, tmp
 
 def write_cifar10_binary(cifar10_small: Path, root: Path) -> dict[str, list[tuple[np.ndarray, int]]]:
     """CIFAR-10's binary on-disk format (<label><3072 bytes CHW>) made from real CIFAR-10 images."""
-    classes = sorted(p.name for p in (cifar10_small / "train").iterdir())
+    classes = [p.name for p in class_dirs(cifar10_small / "train")]
     folder = root / "cifar-10-batches-bin"
     folder.mkdir(parents=True)
     (folder / "batches.meta.txt").write_text("\n".join(classes) + "\n\n")
@@ -107,7 +112,9 @@ def write_cifar10_binary(cifar10_small: Path, root: Path) -> dict[str, list[tupl
 def test_cifar10_binary_format(cifar10_small: Path, tmp_path: Path) -> None:
     records = write_cifar10_binary(cifar10_small, tmp_path)
     bundle = build_datasets(
-        recipe_for("data.source=cifar10", f"data.root={tmp_path}", "data.download=false").data
+        recipe_for(
+            "data.source=cifar10", f"data.root={tmp_path}", "data.download=false", "data.split=test"
+        ).data
     )
     assert (len(bundle.train), len(bundle.val)) == (20, 10) and bundle.split_info["heldout_split"] == "test"
     assert bundle.class_names[3] == "cat" and bundle.mean == (0.4914, 0.4822, 0.4465)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import class_dirs
 from PIL import Image
 from torchvision import datasets
 
@@ -25,7 +26,7 @@ Record = tuple[np.ndarray, int]
 
 def cifar_images(cifar10_small: Path, split: str, per_class: int) -> list[Record]:
     """``per_class`` real CIFAR-10 images of every class as (uint8 HxWx3, CIFAR-10 label)."""
-    classes = sorted(p.name for p in (cifar10_small / "train").iterdir())
+    classes = [p.name for p in class_dirs(cifar10_small / "train")]
     return [
         (np.asarray(Image.open(path).convert("RGB")), label)
         for label, cls in enumerate(classes)
@@ -86,9 +87,9 @@ def test_mnist_like_idx_files_round_trip(
     cifar10_small: Path, tmp_path: Path, source: str, dataset_cls: type, mean: float, gzipped: bool
 ) -> None:
     records = write_mnist_like(cifar10_small, tmp_path / dataset_cls.__name__ / "raw", gzipped)
-    bundle = build(source, tmp_path, in_chans=1)
+    bundle = build(source, tmp_path, in_chans=1, split="test")  # 2 images a class: too few to carve val
     assert (len(bundle.train), len(bundle.val)) == (20, 10)
-    assert bundle.split_info["heldout_split"] == "test"  # auto: no val split, so the official test
+    assert bundle.split_info["heldout_split"] == "test"
     assert bundle.class_names == list(dataset_cls.classes) and bundle.num_classes == 10
     assert bundle.mean == (mean,) and len(bundle.std) == 1
     assert bundle.train.targets == [label for _, label in records["train"]]
@@ -106,7 +107,7 @@ def test_mnist_like_idx_files_round_trip(
     assert explicit.val.targets == bundle.val.targets
     with pytest.raises(DataError, match="data.split 'val' does not exist .* auto, test, stratified"):
         build(source, tmp_path, split="val")
-    rgb = build(source, tmp_path)  # in_chans 3 (the default): gray repeated, stats repeated too
+    rgb = build(source, tmp_path, split="test")  # in_chans 3 (the default): gray repeated, stats repeated too
     img, _ = rgb.train[3]
     assert img.mode == "RGB" and rgb.mean == (mean,) * 3
     assert np.array_equal(np.asarray(img), np.repeat(records["train"][3][0][..., None], 3, axis=-1))
@@ -150,7 +151,7 @@ def write_cifar100_binary(cifar10_small: Path, root: Path) -> dict[str, list[Rec
 
 def test_cifar100_binary_format(cifar10_small: Path, tmp_path: Path) -> None:
     records = write_cifar100_binary(cifar10_small, tmp_path)
-    bundle = build("cifar100", tmp_path)
+    bundle = build("cifar100", tmp_path, split="test")
     assert (len(bundle.train), len(bundle.val)) == (30, 10) and bundle.split_info["heldout_split"] == "test"
     assert bundle.num_classes == 100 and bundle.class_names[37] == "fine_37"
     assert bundle.mean == (0.5071, 0.4867, 0.4408)
@@ -182,7 +183,7 @@ def test_cifar100_offline_and_truncated_files(cifar10_small: Path, tmp_path: Pat
     test_file = tmp_path / "cifar-100-binary" / "test.bin"
     test_file.write_bytes(test_file.read_bytes()[:-100])
     with pytest.raises(DataError) as err:
-        build("cifar100", tmp_path)
+        build("cifar100", tmp_path, split="test")
     assert_one_line(err, str(test_file), "not a whole number of 3074-byte CIFAR records")
 
 
@@ -206,7 +207,7 @@ def write_flowers102(galaxy_sample_dir: Path, root: Path) -> dict[str, list[tupl
     (base / "jpg").mkdir(parents=True)
     sources = [
         (path, int(folder.name.split("-")[0]) * 10 + 3)  # 0-based flower label: 3, 13, ..., 93
-        for folder in sorted(p for p in galaxy_sample_dir.iterdir() if p.is_dir())
+        for folder in class_dirs(galaxy_sample_dir)
         for path in sorted(folder.glob("*.jpg"))[:2]
     ]
     for image_id, (path, _) in enumerate(sources, start=1):
@@ -239,6 +240,7 @@ def test_flowers102_official_splits_round_trip(flowers_root) -> None:
     root, expected = flowers_root
     bundle = build("flowers102", root)
     assert (len(bundle.train), len(bundle.val)) == (10, 4) and bundle.split_info["heldout_split"] == "val"
+    assert len(bundle.test) == 6 and bundle.selected_on == "val"  # test: scored once, never selects
     assert bundle.num_classes == 102 and bundle.class_names[0] == "pink primrose"
     assert bundle.class_names == list(datasets.Flowers102.classes)
     assert bundle.train.targets == [label for _, label in expected["train"]]

@@ -14,6 +14,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from helpers import class_dirs
 from PIL import Image
 
 from astrocli.data import build_datasets
@@ -26,7 +27,7 @@ from astrocli.recipe import load_recipe
 def galaxy_h5(galaxy_sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A Galaxy10_DECals.h5 in the genuine layout, made from the 100 real sample galaxies."""
     images, labels = [], []
-    for folder in sorted(p for p in galaxy_sample_dir.iterdir() if p.is_dir()):
+    for folder in class_dirs(galaxy_sample_dir):
         label = int(folder.name.split("-", 1)[0])
         for path in sorted(folder.glob("*.jpg")):
             images.append(np.asarray(Image.open(path).convert("RGB")))

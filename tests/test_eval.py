@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import run_astro
+from helpers import class_dirs, run_astro
 from torchvision.datasets import ImageFolder
 
 from astrocli.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
@@ -26,6 +26,7 @@ def make_checkpoint(path: Path, class_names: list[str], data_root: str, seed: in
     recipe = Recipe()
     recipe.model.name = MODEL
     recipe.data.root, recipe.data.num_workers = data_root, 0
+    recipe.data.split = "test"  # a run that validated on test/ (auto now carves val out of train)
     meta = CheckpointMeta(
         model=MODEL,
         num_classes=len(class_names),
@@ -41,7 +42,7 @@ def make_checkpoint(path: Path, class_names: list[str], data_root: str, seed: in
 
 @pytest.fixture(scope="module")
 def cifar_classes(cifar10_small: Path) -> list[str]:
-    return sorted(p.name for p in (cifar10_small / "train").iterdir())
+    return [p.name for p in class_dirs(cifar10_small / "train")]
 
 
 @pytest.fixture(scope="module")

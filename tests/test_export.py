@@ -10,7 +10,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from helpers import make_checkpoint, run_astro
+from helpers import class_dirs, make_checkpoint, run_astro
 from safetensors.torch import load_file
 
 from astrocli.checkpoint import save_checkpoint
@@ -23,7 +23,7 @@ GALAXY_CLASSES = 10
 @pytest.fixture(scope="module")
 def sample_images(galaxy_sample_dir: Path) -> list[str]:
     """Two real Galaxy10 JPEGs from different classes, for the real-input checks."""
-    classes = sorted(p for p in galaxy_sample_dir.iterdir() if p.is_dir())
+    classes = class_dirs(galaxy_sample_dir)
     return [str(sorted(classes[0].glob("*.jpg"))[0]), str(sorted(classes[5].glob("*.jpg"))[0])]
 
 
@@ -74,9 +74,7 @@ def test_onnx_metadata_and_dynamic_batch(tmp_path, galaxy_sample_dir, sample_ima
     assert "max abs diff" in stdout and "random" in stdout and "real images" in stdout
     proto = onnx.load(str(out))
     props = {p.key: p.value for p in proto.metadata_props}
-    assert json.loads(props["class_names"]) == sorted(
-        p.name for p in galaxy_sample_dir.iterdir() if p.is_dir()
-    )
+    assert json.loads(props["class_names"]) == [p.name for p in class_dirs(galaxy_sample_dir)]
     assert props["img_size"] == "32" and props["model"] == "cct_2_3x2_32"
     assert json.loads(props["mean"]) == [0.5, 0.5, 0.5] and json.loads(props["std"]) == [0.5, 0.5, 0.5]
     assert {"crop_pct", "interpolation", "in_chans"} <= props.keys()

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import class_dirs
 from PIL import Image
 
 from astrocli.checkpoint import CheckpointMeta, save_checkpoint
@@ -86,7 +87,7 @@ def imported_pytorch_modules(env: dict[str, str]) -> list[str]:
 @pytest.fixture(scope="module")
 def checkpoint(galaxy_sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny randomly initialised CCT checkpoint for the 10 Galaxy10 classes (crop 0.875, bicubic)."""
-    class_names = sorted(p.name for p in galaxy_sample_dir.iterdir() if p.is_dir())
+    class_names = [p.name for p in class_dirs(galaxy_sample_dir)]
     torch.manual_seed(0)
     model = create_model(MODEL, num_classes=len(class_names), img_size=32)
     meta = CheckpointMeta(
@@ -116,7 +117,7 @@ def onnx_model(checkpoint: Path) -> Path:
 @pytest.fixture(scope="module")
 def galaxy_images(galaxy_sample_dir: Path) -> list[Path]:
     """Two real 256x256 Galaxy10 JPEGs from each of four classes."""
-    classes = sorted(p for p in galaxy_sample_dir.iterdir() if p.is_dir())[:4]
+    classes = class_dirs(galaxy_sample_dir)[:4]
     return [jpg for cls in classes for jpg in sorted(cls.glob("*.jpg"))[:2]]
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import make_checkpoint, run_astro
+from helpers import class_dirs, make_checkpoint, run_astro
 from PIL import Image
 
 from astrocli.checkpoint import load_checkpoint, save_checkpoint
@@ -38,7 +38,7 @@ def checkpoint(galaxy_sample_dir: Path, tmp_path_factory: pytest.TempPathFactory
 def images(galaxy_sample_dir: Path, tmp_path: Path) -> Path:
     """images/<class>/: two real JPEGs of each of three classes."""
     root = tmp_path / "images"
-    for cls in sorted(p for p in galaxy_sample_dir.iterdir() if p.is_dir())[:3]:
+    for cls in class_dirs(galaxy_sample_dir)[:3]:
         (root / cls.name).mkdir(parents=True)
         for jpg in sorted(cls.glob("*.jpg"))[:2]:
             shutil.copy(jpg, root / cls.name / jpg.name)
@@ -66,9 +66,7 @@ def test_directory_to_json_matches_the_model(checkpoint, images, tmp_path, monke
     files = sorted(images.rglob("*.jpg"))
     assert [Path(r["path"]) for r in rows] == files
     probs = expected_probs(checkpoint, files)
-    class_names = sorted(
-        p.name for p in Path(load_checkpoint(checkpoint)[1].recipe["data"]["root"]).iterdir()
-    )
+    class_names = [p.name for p in class_dirs(Path(load_checkpoint(checkpoint)[1].recipe["data"]["root"]))]
     for row, p in zip(rows, probs, strict=True):
         assert set(row) == {"path", "label", "class_index", "score", "topk"}
         assert row["class_index"] == int(p.argmax()) and row["label"] == class_names[row["class_index"]]

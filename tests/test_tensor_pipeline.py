@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import class_dirs
 from PIL import Image
 from timm.data import create_transform
 from timm.data.auto_augment import LEVEL_TO_ARG, NAME_TO_OP
@@ -30,7 +31,7 @@ CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
 
 def folder_dataset(root: Path) -> ImageFileDataset:
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    classes = [p.name for p in class_dirs(root)]
     samples = [(str(f), i) for i, c in enumerate(classes) for f in sorted((root / c).glob("*.jpg"))]
     return ImageFileDataset(samples)
 

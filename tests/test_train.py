@@ -99,6 +99,8 @@ def test_run_dir_layout_checkpoints_and_suffix(tmp_path: Path) -> None:
         "val_loss",
         "val_top1",
         "val_top5",
+        "val_macro_f1",
+        "val_balanced_accuracy",
         "lr",
         "img_per_s",
         "seconds",
@@ -108,7 +110,8 @@ def test_run_dir_layout_checkpoints_and_suffix(tmp_path: Path) -> None:
         values = [float(v) for v in row]
         assert all(v == v for v in values)  # no NaN
         assert 0 <= values[3] <= values[4] <= 100  # top-1 <= top-5
-        assert values[6] > 0 and values[7] > 0
+        assert 0 <= values[5] <= 100 and 0 <= values[6] <= 100  # macro-F1, balanced accuracy
+        assert values[8] > 0 and values[9] > 0
 
     state, meta = load_checkpoint(run_dir / "last.safetensors")
     assert meta.model == "resnet20" and meta.num_classes == 10 and meta.img_size == 8

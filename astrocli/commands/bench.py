@@ -45,6 +45,8 @@ _RUN_COLUMNS = (
     ("dataset", "data", str),
     ("img_size", "img", str),
     ("best_top1", "best top-1 (%)", lambda v: f"{v:.2f}"),
+    ("top1_ci95", "95% CI (cv)", lambda v: f"[{v[0]:.2f}, {v[1]:.2f}]"),
+    ("cv_runs", "cv runs", str),
     ("params", "params (M)", lambda v: f"{v / 1e6:.3f}"),
     ("macs", "MACs (G)", lambda v: f"{v / 1e9:.3f}"),
 )

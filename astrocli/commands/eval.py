@@ -19,11 +19,22 @@ def _summary_table(report: dict[str, Any]) -> Any:
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_row("images", str(report["num_samples"]))
-    table.add_row("top-1 (%)", f"{report['top1']:.2f}")
+    table.add_row("top-1 (%)", _with_ci(report, "top1"))
     table.add_row("top-5 (%)", f"{report['top5']:.2f}")
+    table.add_row("macro-F1 (%)", _with_ci(report, "macro_f1"))
+    table.add_row("balanced accuracy (%)", _with_ci(report, "balanced_accuracy"))
     table.add_row("loss (NLL)", f"{report['loss']:.4f}")
     table.add_row("ECE (15 bins)", f"{report['ece']:.4f}")
+    if "ece_calibrated" in report:
+        table.add_row(f"ECE at temperature {report['temperature']:.3g}", f"{report['ece_calibrated']:.4f}")
     return table
+
+
+def _with_ci(report: dict[str, Any], key: str) -> str:
+    """``value`` or ``value [lo, hi]`` when ``--ci`` computed the bootstrap interval."""
+    ci = report.get(f"{key}_ci95")
+    text = f"{report[key]:.2f}"
+    return text + (f" \\[{ci[0]:.2f}, {ci[1]:.2f}] 95% CI" if ci else "")
 
 
 def _per_class_table(report: dict[str, Any]) -> Any:
@@ -120,11 +131,23 @@ def eval_command(
         None, "--workers", help="DataLoader workers (default: data.num_workers, at most the CPU count)."
     ),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N (PyTorch checkpoints)."),
+    calibrate: bool = typer.Option(
+        False,
+        "--calibrate",
+        help="First fit the softmax temperature on the recipe's validation split and write it into "
+        "the checkpoint (astro predict and export then use it).",
+    ),
+    ci: bool = typer.Option(
+        False, "--ci", help="Add seeded bootstrap 95% intervals for top-1, macro-F1, balanced accuracy."
+    ),
+    resamples: int = typer.Option(1000, "--resamples", help="Bootstrap resamples for --ci."),
+    ci_seed: int = typer.Option(0, "--ci-seed", help="Seed of the bootstrap resampling for --ci."),
     fmt: OutputFormat = typer.Option(
         OutputFormat.table, "--format", help=FORMAT_HELP + " json: the whole report; csv: per-class rows."
     ),
 ) -> None:
     """Evaluate a model on the split its recipe validated on (or the one the overrides name)."""
+    from astrocli.checkpoint import check_writable
     from astrocli.data import build_datasets
     from astrocli.evaluate import (
         check_labels,
@@ -142,6 +165,11 @@ def eval_command(
         raise AstroError(f"--plot '{plot}' must end in .png")
     if batch_size < 1:
         raise AstroError(f"--batch-size must be at least 1, got {batch_size}")
+    for output in (json_path, plot):
+        if output is not None:
+            check_writable(output)  # before the evaluation, not after it
+    if ci and resamples < 100:
+        raise AstroError(f"--resamples must be at least 100 for a 95% interval, got {resamples}")
     runner = load_runner(checkpoint, device=device)
     console.print(f"model: {runner.describe()}", highlight=False)
     if tta and (tta_note := _tta_warning(getattr(runner.meta, "recipe", None))):
@@ -156,14 +184,25 @@ def eval_command(
     for warning in check_labels(runner.class_names, bundle.class_names):
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     num_workers = workers if workers is not None else min(recipe.data.num_workers, os.cpu_count() or 1)
-    split_info = getattr(bundle, "split_info", None) or {}
+    split_info = dict(getattr(bundle, "split_info", None) or {})
+    split_info.pop("members", None)  # the file lists stay in the run's split.json
     heldout = split_info.get("heldout_split", recipe.data.split)
     console.print(
         f"data: {recipe.data.source} at {recipe.data.root}, "
         f"held-out split '{heldout}', {len(bundle.val)} images",
         highlight=False,
     )
-    report = evaluate(runner, bundle.val, batch_size=batch_size, num_workers=num_workers, tta=tta)
+    if calibrate:
+        _calibrate(console, runner, overrides or [], batch_size, num_workers, heldout)
+    report = evaluate(
+        runner,
+        bundle.val,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        tta=tta,
+        ci_resamples=resamples if ci else 0,
+        ci_seed=ci_seed,
+    )
     report["data"] = {"source": recipe.data.source, "root": recipe.data.root, "split": heldout}
     report["split_info"] = split_info
 
@@ -179,6 +218,31 @@ def eval_command(
     if plot is not None:
         plot_confusion_matrix(report, plot)
         console.print(f"wrote {plot}", highlight=False)
+        from astrocli.calibration import plot_reliability, reliability_path
+
+        plot_reliability(report, reliability_path(plot))
+        console.print(f"wrote {reliability_path(plot)}", highlight=False)
+
+
+def _calibrate(
+    console: Any, runner: Any, overrides: list[str], batch_size: int, workers: int, split: str
+) -> None:
+    """``--calibrate``: fit and store the temperature (astrocli/calibration.py), then say where."""
+    from astrocli.calibration import calibrate_checkpoint
+
+    fit = calibrate_checkpoint(runner, overrides, batch_size, workers)
+    console.print(
+        f"calibrated on the '{fit['split']}' split ({fit['num_samples']} images): temperature "
+        f"{fit['temperature']:.3f}, ECE {fit['ece']:.4f} -> {fit['ece_calibrated']:.4f}; "
+        f"written into {runner.source}",
+        highlight=False,
+    )
+    if fit["split"] == split:
+        console.print(
+            "[yellow]note:[/] evaluating on the split the temperature was fitted on: ece_calibrated is "
+            "optimistic; add data.split=test for an independent figure",
+            highlight=False,
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -45,6 +45,8 @@ def export_command(
     ),
 ) -> None:
     """Export a checkpoint; ONNX and TorchScript are verified (rtol 1e-3, atol 1e-4) before writing."""
+    from rich.markup import escape
+
     from astrocli.export import export_checkpoint
     from astrocli.output import make_console
 
@@ -60,7 +62,7 @@ def export_command(
             highlight=False,
         )
     for note in result.notes:
-        console.print(f"note: {note}", highlight=False)
+        console.print(f"note: {escape(note)}", highlight=False)  # escape: notes may name 'astrocli[...]'
     exporter = f" with the {result.exporter} exporter" if result.exporter else ""
     console.print(f"wrote {result.path}{exporter}", highlight=False)
     for extra in result.extra_files:

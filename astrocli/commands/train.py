@@ -44,7 +44,10 @@ def train_command(
                 apply_override(raw, item)
             print(recipe_from_dict(raw).to_yaml(), end="")
         else:
-            print(load_recipe(recipe, overrides or []).to_yaml(), end="")
+            from astrocli.defaults import resolve_for_print
+
+            resolved, comments = resolve_for_print(load_recipe(recipe, overrides or []))
+            print("".join(f"# {line}\n" for line in comments) + resolved.to_yaml(), end="")
         return
 
     from astrocli.engine import train

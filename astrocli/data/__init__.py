@@ -6,6 +6,15 @@ eval_tf = build_eval_transform(size, crop_pct, interpolation, bundle.mean, bundl
 """
 
 from astrocli.data.sources import SOURCES, DatasetBundle, build_datasets
-from astrocli.data.transforms import build_eval_transform, build_train_transform
 
 __all__ = ["SOURCES", "DatasetBundle", "build_datasets", "build_eval_transform", "build_train_transform"]
+
+
+def __getattr__(name: str):
+    # The transforms import torchvision; loaded on first use so that checking a recipe's
+    # data.source against SOURCES (astrocli.recipe) does not import torch.
+    if name in ("build_eval_transform", "build_train_transform"):
+        from astrocli.data import transforms
+
+        return getattr(transforms, name)
+    raise AttributeError(f"module 'astrocli.data' has no attribute {name!r}")

@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 
 # Defined in the torch-free astrocli.imaging (ONNX predict runs without torch); re-exported here.
 from astrocli.imaging import IMAGE_EXTENSIONS as IMAGE_EXTENSIONS
+from astrocli.imaging import UNREADABLE_IMAGE_ERRORS
 from astrocli.imaging import convert_image as convert_image
 from astrocli.imaging import image_mode as image_mode
 from astrocli.imaging import is_image_file as is_image_file
@@ -58,7 +59,8 @@ class ImageFileDataset(Dataset):
         self.samples = list(samples)
         self.targets = [label for _, label in self.samples]
         self.in_chans = in_chans
-        self.mode = image_mode(in_chans)
+        # Other band counts are read by the float path (astrocli.data.arrays), which takes the samples.
+        self.mode = image_mode(in_chans) if in_chans in (1, 3) else None
         self._reported: set[str] = set()
 
     def __len__(self) -> int:
@@ -76,7 +78,7 @@ class ImageFileDataset(Dataset):
             candidate = (index + offset) % len(self.samples)
             try:
                 return self.load(candidate), self.targets[candidate]
-            except (OSError, ValueError, SyntaxError) as exc:  # PIL raises all three for bad files
+            except UNREADABLE_IMAGE_ERRORS as exc:
                 self._report(self.samples[candidate][0], exc)
         raise OSError("no readable image in this dataset")
 
@@ -127,7 +129,7 @@ class ArrayImageDataset(Dataset):
         if len(self.targets) != len(self.indices):
             raise ValueError("one target per index expected")
         self.in_chans = in_chans
-        self.mode = image_mode(in_chans)
+        self.mode = image_mode(in_chans) if in_chans in (1, 3) else None  # else: the float path reads it
 
     def __len__(self) -> int:
         return len(self.indices)

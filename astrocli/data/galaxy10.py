@@ -111,7 +111,7 @@ class H5Store:
         return state
 
     def read(self, indices: np.ndarray) -> np.ndarray:
-        """Rows ``indices`` (any order) as uint8 ``[n, H, W, C]``."""
+        """Rows ``indices`` (any order) in the file's dtype (uint8 ``[n, H, W, C]`` for Galaxy10)."""
         indices = np.asarray(indices, dtype=np.int64)
         if self._memory is not None:
             return self._memory[indices]
@@ -129,7 +129,7 @@ def _gather_rows(images, indices: np.ndarray) -> np.ndarray:
     """
     order = np.argsort(indices, kind="stable")
     wanted = indices[order]
-    out = np.empty((len(indices), *images.shape[1:]), dtype=np.uint8)
+    out = np.empty((len(indices), *images.shape[1:]), dtype=images.dtype)  # the generic h5 source too
     start = 0
     while start < len(wanted):
         first = int(wanted[start])

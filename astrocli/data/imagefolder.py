@@ -18,8 +18,10 @@ from PIL import Image
 from astrocli.data.base import ImageFileDataset, is_image_file
 from astrocli.data.sources import IMAGENET_MEAN, IMAGENET_STD, SourceData
 from astrocli.errors import DataError
+from astrocli.imaging import UNREADABLE_IMAGE_ERRORS
 from astrocli.notices import SkippedImagesWarning, skipped_images_line
 from astrocli.recipe import DataConfig
+from astrocli.science import is_array_file
 
 HELDOUT_FOLDERS = ("val", "test")
 MAX_LISTED_BAD_FILES = 10
@@ -42,16 +44,20 @@ def find_images(folder: Path) -> list[str]:
     found = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found.extend(os.path.join(dirpath, f) for f in sorted(filenames) if is_image_file(f))
+        found.extend(
+            os.path.join(dirpath, f) for f in sorted(filenames) if is_image_file(f) or is_array_file(f)
+        )
     return found
 
 
 def is_readable_image(path: str) -> bool:
     """Whether PIL identifies ``path`` (reads the header only: cheap enough for every file)."""
+    if is_array_file(path):  # FITS / .npy: the float path reads them, and reports a bad one by name
+        return True
     try:
         with Image.open(path):
             return True
-    except (OSError, ValueError, SyntaxError):
+    except UNREADABLE_IMAGE_ERRORS:
         return False
 
 

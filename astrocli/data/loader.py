@@ -75,6 +75,7 @@ class LoaderBatches:
         mixup: a ``timm.data.Mixup`` applied to each batch on the device (train only), or None.
         mixup_off_epoch: from this epoch on (0-based count ``>=``), mixup/cutmix are off (0: never).
         channels_last: deliver images in channels-last memory format.
+        balanced: draw classes equally often (``data.sampler: balanced``) instead of a shuffle.
     """
 
     def __init__(
@@ -92,6 +93,7 @@ class LoaderBatches:
         mixup: Any = None,
         mixup_off_epoch: int = 0,
         channels_last: bool = False,
+        balanced: bool = False,
     ) -> None:
         self.device = device
         self.train = train
@@ -111,6 +113,10 @@ class LoaderBatches:
             self.sampler = DistributedSampler(
                 data, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=False
             )
+            if balanced:  # data.sampler=balanced: classes drawn equally often (astrocli/data/balance.py)
+                from astrocli.data.balance import BalancedSampler
+
+                self.sampler = BalancedSampler(dataset.targets, world_size, rank, seed)
             self.dataset = data
             self.num_samples = len(self.sampler)
             # Dropping the ragged last batch keeps batch statistics and Mixup (even batches) sane,

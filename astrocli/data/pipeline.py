@@ -36,6 +36,13 @@ def choose_pipeline(recipe: Recipe, dataset: Any) -> str:
     """``loader`` or ``tensor`` for this recipe and dataset (resolving ``data.pipeline: auto``)."""
     wanted = recipe.data.pipeline
     module = _tensor_pipeline_module()
+    if getattr(dataset, "pixels", "uint8") == "float":  # float arrays: timm's PIL transforms do not apply
+        if wanted == "loader" or module is None:
+            raise AstroError(
+                "float / multi-band images (data.pixels=float) are fed by the tensor pipeline; "
+                "set data.pipeline=auto or tensor"
+            )
+        return "tensor"
     if wanted == "loader":
         return "loader"
     if wanted == "tensor":
@@ -84,6 +91,7 @@ def build_train_batches(
         mixup=mixup,
         mixup_off_epoch=recipe.augment.mixup_off_epoch,
         channels_last=recipe.train.channels_last,
+        balanced=recipe.data.sampler == "balanced",
     )
 
 

@@ -267,8 +267,13 @@ def resize_square(images: torch.Tensor, size: int, interpolation: str = "bilinea
     return F.interpolate(images, size=(size, size), mode=mode, antialias=antialias, align_corners=False)
 
 
-def resize_center_crop(images: torch.Tensor, size: int, crop_pct: float, interpolation: str) -> torch.Tensor:
-    """Evaluation geometry of timm: resize the shorter side to ``size / crop_pct``, centre-crop ``size``."""
+def resize_center_crop(
+    images: torch.Tensor, size: int, crop_pct: float, interpolation: str, float_pixels: bool = False
+) -> torch.Tensor:
+    """Evaluation geometry of timm: resize the shorter side to ``size / crop_pct``, centre-crop ``size``.
+
+    8-bit levels are clipped to 0..255 after resampling; ``float_pixels`` (the float path) are not.
+    """
     scale_size = int(math.floor(size / crop_pct))
     h, w = images.shape[-2:]
     if (h, w) == (size, size) and scale_size == size:
@@ -278,7 +283,8 @@ def resize_center_crop(images: torch.Tensor, size: int, crop_pct: float, interpo
     mode = interpolation if interpolation in ("bilinear", "bicubic") else "nearest"
     out = F.interpolate(images.float(), size=(new_h, new_w), mode=mode, antialias=mode != "nearest")
     top, left = (new_h - size) // 2, (new_w - size) // 2
-    return out[..., top : top + size, left : left + size].clamp(0, 255)
+    out = out[..., top : top + size, left : left + size]
+    return out if float_pixels else out.clamp(0, 255)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -7,8 +7,9 @@ Public API (used by ``astrocli/data/pipeline.py``):
   when there is one, else host RAM). ``data.pipeline: auto`` picks this pipeline when True.
 - ``build_tensor_cache(dataset, cfg: DataConfig, split: str) -> TensorCache``: uint8 ``[N, C, H, W]``
   images + int64 labels, decoded once. Image-file datasets are saved with safetensors under
-  ``cfg.cache_dir or <cfg.root>/.astro-cache/`` keyed by a hash of (file paths, sizes, mtimes,
-  labels, in_chans, stored size, split), so the second run loads without decoding anything.
+  ``cfg.cache_dir`` (default: the user cache folder, :func:`default_cache_dir`) keyed by a hash of
+  (file paths, sizes, mtimes, labels, in_chans, stored size, split), so the second run loads
+  without decoding anything.
   Array-backed datasets (``uint8_array()``: h5, CIFAR binaries) are taken as they are, no disk copy.
   Images keep their native size when all are equal (CIFAR 32 px, Galaxy 256 px); otherwise each is
   resized (shorter side) and centre-cropped to ``max(img_size, round(img_size / crop_pct))``.
@@ -57,7 +58,7 @@ from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from astrocli.checkpoint import save_tensors
 from astrocli.data import tensor_augment as aug
 from astrocli.data.transforms import build_mixup
-from astrocli.errors import AstroError, DataError, RecipeError
+from astrocli.errors import AstroError, DataError, OutputError, RecipeError
 from astrocli.progress import track
 from astrocli.recipe import DataConfig, Recipe
 
@@ -138,6 +139,8 @@ def estimated_cache_bytes(dataset: Any, cfg: DataConfig) -> int:
     """Bytes of the uint8 cache for ``dataset`` (from the first image's size)."""
     if len(dataset) == 0:
         return 0
+    if hasattr(dataset, "cache_nbytes"):  # float path: its own dtype (uint8 or float16) and bands
+        return dataset.cache_nbytes()
     h, w = _first_image_shape(dataset)
     return len(dataset) * cfg.in_chans * h * w
 
@@ -221,6 +224,14 @@ def _to_nchw(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array.transpose(0, 3, 1, 2)))
 
 
+def default_cache_dir() -> Path:
+    """The user's cache folder (``~/.cache/astro/tensors`` on Linux), never the dataset folder,
+    which may be read-only or shared (a hidden folder there also became a "class")."""
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("astro")) / "tensors"
+
+
 def cache_path(dataset: Any, cfg: DataConfig, split: str) -> tuple[str, Path] | None:
     """(key, file) of the disk cache for an image-file dataset; None for other datasets."""
     samples = getattr(dataset, "samples", None)
@@ -235,7 +246,7 @@ def cache_path(dataset: Any, cfg: DataConfig, split: str) -> tuple[str, Path] | 
         "interpolation": cfg.interpolation,
     }
     key = hashlib.blake2b(json.dumps(description, sort_keys=True).encode(), digest_size=16).hexdigest()
-    root = Path(cfg.cache_dir) if cfg.cache_dir else Path(cfg.root) / ".astro-cache"
+    root = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
     return key, root / f"tensors-{split}-{key}.safetensors"
 
 
@@ -248,6 +259,10 @@ def build_tensor_cache(dataset: Any, cfg: DataConfig, split: str) -> TensorCache
     if len(dataset) == 0:
         raise DataError(f"the {split} dataset has no images; check data.root ({cfg.root})")
     labels = torch.as_tensor(list(dataset.targets), dtype=torch.int64)
+    if hasattr(dataset, "cache_array"):  # float path: uint8 or float16 [N, C, H, W], cached by the dataset
+        return TensorCache(
+            torch.from_numpy(np.ascontiguousarray(dataset.cache_array())), labels, key="science"
+        )
     if hasattr(dataset, "uint8_array"):  # already uint8 rows: nothing to decode, nothing to save
         return TensorCache(_to_nchw(dataset.uint8_array()), labels, key="array")
     located = cache_path(dataset, cfg, split)
@@ -279,7 +294,7 @@ def _save_cache(path: Path, images: torch.Tensor, labels: torch.Tensor) -> None:
     """Write atomically (temp file + rename); an unwritable location only costs the next run time."""
     try:
         save_tensors(path, {"images": images, "labels": labels}, {"format": "astro-tensor-cache/1"})
-    except OSError:
+    except (OSError, OutputError):  # OutputError: read-only or full (astrocli.errors.write_error)
         pass
 
 
@@ -322,8 +337,12 @@ class _TensorSource:
         self.channels = self.cache.images.shape[1]
         mean, std = _normaliser(mean, std, recipe, self.channels)
         self.mean = mean
+        # A float cache (the float path) holds scaled values, not 0..255 levels: no /255, no rounding.
+        self.float_pixels = self.cache.images.is_floating_point()
+        self._centre = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        top = 1.0 if self.float_pixels else 255.0
         # Normalise x/255 with (m, s) as one fused multiply-add on the 0..255 values.
-        self._scale = torch.tensor([1 / (255.0 * s) for s in std], device=self.device).view(1, -1, 1, 1)
+        self._scale = torch.tensor([1 / (top * s) for s in std], device=self.device).view(1, -1, 1, 1)
         self._shift = torch.tensor([-m / s for m, s in zip(mean, std, strict=True)], device=self.device).view(
             1, -1, 1, 1
         )
@@ -356,6 +375,12 @@ class TensorTrainBatches(_TensorSource):
     ) -> None:
         super().__init__(cache, recipe, device, rank, world_size, mean, std)
         a = recipe.augment
+        if (a.auto_augment or a.color_jitter) and (self.float_pixels or self.channels not in (1, 3)):
+            raise RecipeError(
+                f"augment.auto_augment / augment.color_jitter are colour ops for 8-bit RGB images; this data "
+                f"has {self.channels} bands of {'float' if self.float_pixels else '8-bit'} pixels: "
+                "set augment.auto_augment=null augment.color_jitter=null"
+            )
         self.augment = a
         self.img_size = recipe.data.img_size
         self.interpolation = recipe.data.interpolation
@@ -390,9 +415,16 @@ class TensorTrainBatches(_TensorSource):
 
     def epoch_indices(self) -> torch.Tensor:
         """This rank's sample order for the current epoch (the same permutation on every rank)."""
-        perm = torch.randperm(
-            len(self.cache), generator=torch.Generator().manual_seed(self.seed + self.epoch)
-        )
+        if self.recipe.data.sampler == "balanced":  # the loader's draw (astrocli/data/balance.py)
+            from astrocli.data.balance import balanced_indices, sample_weights
+
+            per_rank = -(-len(self.cache) // self.world_size)
+            weights = sample_weights(self.cache.labels.cpu())
+            perm = balanced_indices(weights, per_rank * self.world_size, self.seed, self.epoch)
+        else:
+            perm = torch.randperm(
+                len(self.cache), generator=torch.Generator().manual_seed(self.seed + self.epoch)
+            )
         return perm[self.rank :: self.world_size][: self.num_samples]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -450,18 +482,26 @@ class TensorTrainBatches(_TensorSource):
         if a.crop == "random_resized_crop":
             boxes = aug.sample_rrc_boxes(host, n, h, w, a.scale, a.ratio)
             hflip, vflip = self._sample_flips(host, n)  # folded into the resampling matrices
-            x = aug.crop_resize(images, boxes, size, self.interpolation, hflip, vflip).round_().clamp_(0, 255)
+            x = self._levels(aug.crop_resize(images, boxes, size, self.interpolation, hflip, vflip))
             # RandAugment's first sort copies the batch anyway, and makes it contiguous in passing.
             return x if self.rand_augment is not None else x.contiguous()
-        x = aug.resize_square(images.float(), size, self.interpolation).round_().clamp_(0, 255)
+        x = self._levels(aug.resize_square(images.float(), size, self.interpolation))
         if a.crop == "pad_crop":
             offsets = torch.randint(0, 2 * a.padding + 1, (n, 2), generator=host)
-            x = aug.pad_crop(x, aug.to_device(offsets, x.device), a.padding, size)
+            offsets = aug.to_device(offsets, x.device)
+            if self.float_pixels:  # pad with the band means (0 once normalised), not 0: bands sit anywhere
+                x = aug.pad_crop(x - self._centre, offsets, a.padding, size) + self._centre
+            else:
+                x = aug.pad_crop(x, offsets, a.padding, size)
         for flips, dim in zip(self._sample_flips(host, n), (-1, -2), strict=True):
             if flips is not None:
                 idx = aug.to_device(torch.nonzero(flips).flatten(), x.device)
                 x.index_copy_(0, idx, x.index_select(0, idx).flip(dim))
         return x
+
+    def _levels(self, x: torch.Tensor) -> torch.Tensor:
+        """Round and clip resampled 8-bit images like PIL; float-path values stay as they are."""
+        return x if self.float_pixels else x.round_().clamp_(0, 255)
 
     def _sample_flips(self, host: torch.Generator, n: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Host bool masks (horizontal, vertical) with the recipe's probabilities, None when off."""
@@ -508,9 +548,9 @@ class TensorEvalBatches(_TensorSource):
         for start in range(0, self.num_samples, self.batch_size):
             idx = self.indices[start : start + self.batch_size]
             x = aug.resize_center_crop(
-                self.cache.images[idx], data.img_size, data.crop_pct, data.interpolation
+                self.cache.images[idx], data.img_size, data.crop_pct, data.interpolation, self.float_pixels
             )
-            yield self._finish(x.round()), self.cache.labels[idx]
+            yield self._finish(x if self.float_pixels else x.round()), self.cache.labels[idx]
 
 
 def TensorBatches(

@@ -20,6 +20,7 @@ from typing import Any
 
 from torchvision import transforms
 
+from astrocli.data.pil_compat import patch_timm_posterize
 from astrocli.recipe import Recipe
 
 TRIVIAL_AUGMENT = ("trivialaugment", "trivial_augment", "ta_wide")
@@ -131,6 +132,7 @@ def build_train_transform(
     mean, std = _stats(recipe, mean, std)
     aug, data = recipe.augment, recipe.data
     size = data.img_size
+    patch_timm_posterize()  # Pillow 13 rejects the 0 bits timm's PosterizeIncreasing asks for
     if aug.crop == "random_resized_crop":
         from timm.data import create_transform
 

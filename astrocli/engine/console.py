@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from typing import Any
 
 from rich.progress import (
@@ -34,6 +35,8 @@ METRIC_COLUMNS = (
     ("val_loss", "val loss", "{:.4f}"),
     ("val_top1", "top-1 %", "{:.2f}"),
     ("val_top5", "top-5 %", "{:.2f}"),
+    ("val_macro_f1", "macro-F1 %", "{:.2f}"),
+    ("val_balanced_accuracy", "bal. acc %", "{:.2f}"),
     ("lr", "lr", "{:.2e}"),
     ("img_per_s", "img/s", "{:.1f}"),
     ("seconds", "s", "{:.1f}"),
@@ -122,6 +125,12 @@ class TrainConsole:
             for key, value in info.items():
                 table.add_row(f"[bold]{key}[/]", str(value))
             self.out.print(table)
+
+    def first_step(self, global_step: int) -> None:
+        """The run's first optimizer step has finished (jsonl: an event with the Unix time, so a
+        script can time start-up: ``benchmarks/gpu_check.py`` measures `astro train` to this event)."""
+        if self.enabled and self.mode == "jsonl":
+            self._jsonl("first_step", step=global_step, time=time.time())
 
     # -- the per-epoch progress bar ---------------------------------------------------------------
 
@@ -235,6 +244,20 @@ class TrainConsole:
                 f"{summary['best_weights']} weights)",
             )
             table.add_row("final top-1", _fmt("{:.2f}%", summary.get("final_top1")))
+            selected = summary.get("selected_on", "val")
+            table.add_row(
+                "selected on",
+                "[bold red]test split[/] (data.split=test: the papers' protocol)"
+                if selected == "test"
+                else f"val ({summary.get('select_metric', 'top1')})",
+            )
+            if summary.get("test_top1") is not None:
+                table.add_row(
+                    "test",
+                    f"top-1 {summary['test_top1']:.2f}%, top-5 {summary['test_top5']:.2f}%, "
+                    f"macro-F1 {summary['test_macro_f1']:.2f}%, loss {summary['test_loss']:.4f} "
+                    "(best checkpoint, scored once)",
+                )
             table.add_row("epochs", str(summary["epochs"]))
             table.add_row("time", f"{summary['total_seconds']:.1f} s")
             table.add_row("images/s", _fmt("{:.1f}", summary.get("mean_img_per_s")))

@@ -1,0 +1,93 @@
+"""``astro compare A [B]``: two runs, two cv folders (paired differences), or a cv folder vs its target."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from astrocli.commands.cv import METRIC_LABELS
+
+
+def _label(key: str) -> str:
+    split = "test " if key.startswith("test_") else "val "
+    return split + METRIC_LABELS.get(key.removeprefix("test_"), key)
+
+
+def _digits(key: str) -> int:
+    return 4 if key.endswith("loss") else 2
+
+
+def comparison_table(report: dict[str, Any]) -> Any:
+    """A rich table for any kind of comparison."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    if report["kind"] == "target":
+        table = Table(title=f"{escape(report['cv'])} vs its target", show_header=False)
+        ci = report["ci95"]
+        table.add_row("target", escape(report["target"]))
+        table.add_row("paper number", f"{report['target_value']:.2f}")
+        table.add_row(
+            f"cv {_label(report['metric'])}",
+            f"{report['mean']:.2f}" + (f" \\[{ci[0]:.2f}, {ci[1]:.2f}] 95% CI" if ci else ""),
+        )
+        table.add_row("paper number is", f"[bold]{report['position']}[/] the interval")
+        return table
+    table = Table(title=f"A = {escape(report['a'])}   B = {escape(report['b'])}", header_style="bold")
+    for name in ("metric", "A", "B", "A - B"):
+        table.add_column(name, justify="left" if name == "metric" else "right")
+    if report["kind"] == "cv":
+        table.add_column("95% CI of A - B", justify="right")
+        table.add_column("excludes 0", justify="center")
+    for key, row in report["metrics"].items():
+        d = _digits(key)
+        if report["kind"] == "runs":
+            table.add_row(
+                _label(key), f"{row['a']:.{d}f}", f"{row['b']:.{d}f}", f"{row['difference']:+.{d}f}"
+            )
+            continue
+        diff = row["difference"]
+        ci = diff["ci95"]
+        table.add_row(
+            _label(key),
+            f"{row['a_mean']:.{d}f}",
+            f"{row['b_mean']:.{d}f}",
+            f"{diff['mean']:+.{d}f}",
+            f"\\[{ci[0]:+.{d}f}, {ci[1]:+.{d}f}]" if ci else "-",
+            "[bold green]yes[/]" if diff["excludes_zero"] else "no",
+        )
+    return table
+
+
+def compare_command(
+    a: Path = typer.Argument(..., help="A run directory or a cv folder.", show_default=False),
+    b: Path = typer.Argument(
+        None,
+        help="Another run directory or cv folder (omit: compare A's cv with its recipe target).",
+        show_default=False,
+    ),
+    json_path: Path | None = typer.Option(
+        None, "--json", help="Also write the comparison to this JSON file."
+    ),
+) -> None:
+    """Compare two runs, two cv folders (paired differences with a 95% CI), or a cv with its target."""
+    from rich.console import Console
+
+    from astrocli.checkpoint import atomic_write_text
+    from astrocli.compare import compare_paths, dumps
+
+    report = compare_paths(a, b)
+    console = Console(highlight=False)
+    console.print(comparison_table(report))
+    if report["kind"] == "cv":
+        console.print(f"paired over {len(report['paired_runs'])} runs (same fold, same seed)")
+    if json_path is not None:
+        atomic_write_text(json_path, dumps(report))
+        console.print(f"wrote {json_path}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``astro compare`` to the CLI."""
+    app.command("compare")(compare_command)
