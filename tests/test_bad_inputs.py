@@ -59,6 +59,7 @@ def train_args(data: Path, out: Path, *extra: str) -> list[str]:
         "data.pipeline=loader",
         "data.val_fraction=0.3",
         "train.epochs=1",
+        "train.warmup_epochs=0",  # one epoch: no room for the quick start's warmup (a warning line)
         "train.batch_size=4",
         "train.max_steps_per_epoch=2",
         "output.plots=false",

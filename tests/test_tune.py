@@ -70,7 +70,7 @@ def test_space_kinds_follow_the_values_and_the_recipe_schema() -> None:
         "train.weight_decay: {low: 0.01, high: 0.1}\n"
         "train.warmup_epochs: {low: 0, high: 3}\n"
         "train.epochs: {low: 4.0, high: 8.0, step: 2}\n"  # an int key: whole floats become ints
-        "model.drop_rate: {low: 0, high: 1}\n"  # a float key: ints stay a float range
+        "augment.hflip: {low: 0, high: 1}\n"  # a float key: ints stay a float range
         "train.optimizer: [adamw, sgd]\n"
     )
     params = {p.key: p for p in parse_space(space, base)}
@@ -81,7 +81,7 @@ def test_space_kinds_follow_the_values_and_the_recipe_schema() -> None:
         4,
         2,
     )
-    assert params["model.drop_rate"].kind == "float"
+    assert params["augment.hflip"].kind == "float"
     assert params["train.optimizer"].choices == ("adamw", "sgd")
 
 
