@@ -46,6 +46,10 @@ def fit_temperature(logits: Any, targets: Any, max_iter: int = 100) -> float:
     y = torch.as_tensor(to_numpy(targets), dtype=torch.int64)
     if len(y) == 0:
         return 1.0
+    if bool((z.argmax(dim=1) == y).all()):
+        # Every held-out image is right: the NLL keeps falling as T -> 0 (no finite optimum), and the
+        # fit would only say "be certain" from a few hundred images. Keep the model's own softmax.
+        return 1.0
     log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.LBFGS([log_t], lr=0.5, max_iter=max_iter, line_search_fn="strong_wolfe")
 
@@ -208,7 +212,9 @@ def calibrate_after_training(trainer: Any) -> dict[str, float] | None:
             model = trainer.model
         else:
             state_dict, _ = load_checkpoint(path)
-            model = build_model(trainer.recipe, trainer.bundle.num_classes).to(trainer.device)
+            # load_weights=False: the checkpoint's weights replace them (no pretrained fetch again)
+            model = build_model(trainer.recipe, trainer.bundle.num_classes, load_weights=False)
+            model = model.to(trainer.device)
             model.load_state_dict(state_dict)
         logits, targets = collect_logits(model, trainer.eval_batches, trainer.device, trainer.amp_dtype)
         if len(targets) == 0:

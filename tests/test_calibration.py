@@ -38,6 +38,18 @@ def test_temperature_lowers_ece_on_held_out_data_and_keeps_top1() -> None:
     assert (softmax(logits / t).argmax(1) == logits.argmax(1)).all()
 
 
+def test_no_held_out_mistake_keeps_temperature_one() -> None:
+    """All held-out images right (the quick start's 180 digits can be): the NLL has no finite minimum
+    in T (it falls towards T = 0), so the fit keeps T = 1 instead of clamping to its lower bound."""
+    rng = np.random.default_rng(0)
+    targets = rng.integers(0, 10, size=180)
+    logits = rng.normal(size=(180, 10))
+    logits[np.arange(180), targets] = logits.max(axis=1) + 0.5  # every argmax right, not certain
+    assert fit_temperature(logits, targets) == 1.0
+    logits[0, targets[0]] -= 10.0  # one mistake: a finite optimum again
+    assert fit_temperature(logits, targets) != 1.0
+
+
 def test_old_checkpoints_read_temperature_one() -> None:
     meta = CheckpointMeta(model="resnet20", num_classes=10, img_size=32, temperature=2.0)
     data = meta.to_metadata()
