@@ -347,6 +347,17 @@ def test_piped_recipes_are_not_wrapped_at_narrow_columns() -> None:
     assert "CCT paper: CIFAR-10 top-1 96.53% (CCT-7/3x1, 300 epochs)" in proc.stdout
 
 
+def test_every_command_prints_through_the_unwrapping_console() -> None:
+    """Commands build their consoles with astrocli.output.make_console (never wraps when piped); a bare
+    rich Console in a command wrapped `astro tune`'s best.yaml path mid-line when piped."""
+    offenders = [
+        path.name
+        for path in sorted((REPO / "astrocli" / "commands").glob("*.py"))
+        if re.search(r"\bConsole\(", path.read_text())
+    ]
+    assert offenders == []
+
+
 @pytest.mark.parametrize("fmt", ["json", "csv"])
 def test_recipes_and_models_formats(fmt: str, monkeypatch, capsys) -> None:
     code, out, _ = run_astro(["recipes", "--format", fmt], monkeypatch, capsys)

@@ -90,16 +90,15 @@ def _emit(text: str, output: Path | None) -> None:
 
 
 def _bench_runs(runs_dir: Path, plot: Path | None, fmt: OutputFormat, output: Path | None) -> None:
-    from rich.console import Console
-
     from astrocli.bench import plot_scaling, read_runs
+    from astrocli.output import make_console
 
     runs = read_runs(runs_dir)
     if not runs:
         raise AstroError(f"no finished runs under '{runs_dir}' (a run needs summary.json and recipe.yaml)")
     if plot is not None:
         plot_scaling(runs, plot)
-        Console(stderr=True).print(f"scaling plot written to {plot}", highlight=False)
+        make_console(stderr=True).print(f"scaling plot written to {plot}", highlight=False)
     rows = [run.to_dict() for run in runs]
     _emit(_render(rows, fmt, _RUN_COLUMNS, f"{len(rows)} finished runs"), output)
 
@@ -158,10 +157,9 @@ def register(app: typer.Typer) -> None:
                 raise AstroError("--runs reports finished runs; do not name models or --all with it")
             _bench_runs(runs, plot, fmt, output)
             return
-        from rich.console import Console
-
         from astrocli import bench as lib
         from astrocli.models import list_models
+        from astrocli.output import make_console
 
         names = list(models or [])
         if all_models:
@@ -173,7 +171,7 @@ def register(app: typer.Typer) -> None:
         if not (params or flops or throughput):
             params, flops, throughput = True, True, not all_models
         run_device = _resolve_device(device)
-        status = Console(stderr=True)
+        status = make_console(stderr=True)
         rows = []
         for name in names:
             with status.status(f"benchmarking {name}"):

@@ -73,13 +73,12 @@ def compare_command(
     ),
 ) -> None:
     """Compare two runs, two cv folders (paired differences with a 95% CI), or a cv with its target."""
-    from rich.console import Console
-
     from astrocli.checkpoint import atomic_write_text
     from astrocli.compare import compare_paths, dumps
+    from astrocli.output import make_console
 
     report = compare_paths(a, b)
-    console = Console(highlight=False)
+    console = make_console(highlight=False)
     console.print(comparison_table(report))
     if report["kind"] == "cv":
         console.print(f"paired over {len(report['paired_runs'])} runs (same fold, same seed)")

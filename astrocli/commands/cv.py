@@ -47,9 +47,9 @@ def cv_table(report: dict[str, Any], title: str) -> Any:
 
 def print_report(report: dict[str, Any], parent: Path) -> None:
     """The cv table, what it was selected on, and where cv.json is."""
-    from rich.console import Console
+    from astrocli.output import make_console
 
-    console = Console(highlight=False)
+    console = make_console(highlight=False)
     runs = len(report["runs"])
     title = (
         f"{report['recipe']}: {report['folds']}-fold x {report['repeats']} repeat(s) x "

@@ -46,11 +46,10 @@ def tune_command(
 
     Writes to <output.dir>/<name>-tune/: best.yaml, history.png, importance.png, trial<N>/ run dirs.
     """
-    from rich.console import Console
-
+    from astrocli.output import make_console
     from astrocli.tune import run_tune
 
-    console = Console(highlight=False)
+    console = make_console(highlight=False)
 
     def on_trial(study: Any, trial: Any) -> None:
         state = trial.state.name.lower()
