@@ -48,6 +48,14 @@ class DiskFullError(OutputError):
         self.path = path
 
 
+def first_line(exc: BaseException, limit: int | None = None) -> str:
+    """The first line of ``exc``'s message (cut to ``limit`` characters), or its type's name when it
+    has none: what a one-line error quotes of a library's (often multi-line) exception."""
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line[:limit] if limit else line
+
+
 READ_ONLY_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS}
 DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 

@@ -42,7 +42,7 @@ def test_small_colour_images_get_pad_crop_and_horizontal_flips() -> None:
     assert (a.crop, a.padding, a.hflip, a.vflip) == ("pad_crop", 4, 0.5, 0.0)
     assert a.auto_augment is None and a.mixup == 0.0  # light: 15 epochs < 100
     assert t.epochs == 15  # set by the recipe: kept
-    assert t.lr == pytest.approx(1e-3 * (64 / 128) ** 0.5) and t.warmup_epochs == 1
+    assert t.lr == pytest.approx(2e-3 * (64 / 128) ** 0.5) and t.warmup_epochs == 1
     keys = {c.key for c in choices}
     assert {"augment.crop", "augment.hflip", "train.lr"} <= keys and "train.epochs" not in keys
 
@@ -67,7 +67,7 @@ def test_epochs_when_unset_and_strong_preset_for_long_runs() -> None:
     assert sgd.train.lr == pytest.approx(0.2)
     assert recipe.train.batch_size == 128
     tiny, _ = resolve_defaults(load_recipe(None, []), DataFacts(64, 3, 80, 10, False, "imagefolder"))
-    assert tiny.train.batch_size == 8 and tiny.train.lr == pytest.approx(1e-3 * (8 / 128) ** 0.5)
+    assert tiny.train.batch_size == 8 and tiny.train.lr == pytest.approx(2e-3 * (8 / 128) ** 0.5)
 
 
 def test_keys_the_recipe_sets_are_kept_and_preset_none_fills_nothing() -> None:

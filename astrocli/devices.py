@@ -1,0 +1,51 @@
+"""Where work runs: the one device resolver and the one free-memory probe every part uses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from astrocli.errors import AstroError
+
+
+def resolve_device(spec: Any = "auto", local_rank: int = 0, option: str = "--device") -> Any:
+    """``auto``: the local CUDA device when there is one, else the CPU; ``cuda`` means ``cuda:LOCAL_RANK``.
+
+    ``spec`` may also be a ``torch.device``. ``option`` names the setting in the error messages
+    (``--device`` on the command line, ``train.device`` in a recipe).
+
+    Raises:
+        AstroError: an unknown device name, or CUDA asked for where torch sees none.
+    """
+    import torch
+
+    text = str(spec)
+    if text == "auto":
+        text = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise AstroError(f"unknown {option} '{spec}'; use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise AstroError(f"{option} must be auto, cpu, cuda or cuda:N, got '{spec}'")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise AstroError(f"{option}={spec} but torch sees no CUDA device; use {option}=cpu")
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
+    return device
+
+
+def free_memory_bytes(device: Any) -> int | None:
+    """Free memory on ``device``: CUDA's free memory, else Linux's MemAvailable; None if unknown."""
+    if device.type == "cuda":
+        import torch
+
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
