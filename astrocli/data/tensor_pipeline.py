@@ -348,10 +348,14 @@ class _TensorSource:
         )
         self.channels_last = recipe.train.channels_last
         self.epoch = 0
+        self.skip_batches = 0
+        self.mixup: Any = None  # a training source sets its batch mixer (BatchSource protocol)
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch (the shuffle and the augmentation draw depend on it)."""
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        """Select the epoch (the shuffle and the augmentation draw depend on it); the next iteration
+        starts after ``skip_batches`` batches (a run resumed mid-epoch)."""
         self.epoch = epoch
+        self.skip_batches = skip_batches
 
     def _finish(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.addcmul(self._shift, x, self._scale)
@@ -428,6 +432,7 @@ class TensorTrainBatches(_TensorSource):
         return perm[self.rank :: self.world_size][: self.num_samples]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        skip, self.skip_batches = self.skip_batches, 0  # set_epoch's skip applies to one iteration
         host, noise, mix_state = self._generators()
         order = aug.to_device(self.epoch_indices(), self.device)
         mixing = self.mixup is not None
@@ -441,7 +446,11 @@ class TensorTrainBatches(_TensorSource):
             targets = self.cache.labels.index_select(0, idx if reorder is None else idx[reorder])
             if mixing:
                 images, targets = self._mix(images, targets, mix_state)
-            yield images, targets
+            # A resumed epoch draws and drops the batches already trained: each batch's random
+            # parameters come from the epoch's generators in turn, so this leaves them where the run
+            # stopped (only the order of the draws is known, not where batch b's start).
+            if b >= skip:
+                yield images, targets
 
     def augment_batch(
         self, images: torch.Tensor, host: torch.Generator, noise: torch.Generator | None = None

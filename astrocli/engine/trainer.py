@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
-import inspect
 import io
 import json
 import math
@@ -389,7 +388,7 @@ class Trainer:
             from astrocli.data.balance import class_weights
 
             weight = class_weights(bundle.train.targets, bundle.num_classes).to(self.device)
-        mixup_on = getattr(self.train_batches, "mixup", None) is not None
+        mixup_on = self.train_batches.mixup is not None
         self.train_loss_fn = build_train_loss(r, mixup_on, weight)
         self.eval_loss_fn = nn.CrossEntropyLoss(reduction="sum")
 
@@ -593,20 +592,9 @@ class Trainer:
         }
 
     def _epoch_batches(self, epoch: int, skip: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The epoch's batches; resuming mid-epoch starts after the ``skip`` batches already trained.
-
-        The loader skips sampler indices without reading the images; a batch source that cannot
-        (the tensor pipeline draws each epoch from its own seeded generators) is advanced by
-        drawing and dropping ``skip`` batches, which leaves it exactly where the run stopped.
-        """
-        if skip and "skip_batches" in inspect.signature(self.train_batches.set_epoch).parameters:
-            self.train_batches.set_epoch(epoch, skip_batches=skip)
-            return iter(self.train_batches)
-        self.train_batches.set_epoch(epoch)
-        batches = iter(self.train_batches)
-        for _ in range(skip):
-            next(batches, None)
-        return batches
+        """The epoch's batches; resuming mid-epoch starts after the ``skip`` batches already trained."""
+        self.train_batches.set_epoch(epoch, skip_batches=skip)
+        return iter(self.train_batches)
 
     def _optimizer_step(self) -> None:
         """Unscale, clip, step, zero, advance the schedule and the EMA."""
