@@ -166,7 +166,7 @@ def test_tensor_pipeline_draws_the_loader_s_balanced_order() -> None:
     recipe = load_recipe(
         None, ["data.sampler=balanced", "train.batch_size=10", "train.seed=3", "data.img_size=8"]
     )
-    batches = TensorTrainBatches(cache, recipe, "cpu", num_classes=3)
+    batches = TensorTrainBatches(cache, recipe, "cpu", mean=(0.5,) * 3, std=(0.5,) * 3, num_classes=3)
     batches.set_epoch(2)
     order = batches.epoch_indices().tolist()
     loader_sampler = BalancedSampler(TARGETS, seed=3)

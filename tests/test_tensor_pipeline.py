@@ -20,9 +20,11 @@ from timm.data.auto_augment import LEVEL_TO_ARG, NAME_TO_OP
 from timm.data.random_erasing import RandomErasing
 from timm.data.transforms import RandomResizedCropAndInterpolation
 
-from astrocli.data import tensor_augment as aug
+from astrocli.data import rand_augment
 from astrocli.data import tensor_pipeline as tp
 from astrocli.data.base import ArrayImageDataset, ImageFileDataset, NumpyStore
+from astrocli.data.tensor_crop import crop_resize, sample_rrc_boxes
+from astrocli.data.tensor_erase import box_mask, random_erase, sample_erase_boxes
 from astrocli.errors import AstroError, RecipeError
 from astrocli.recipe import load_recipe
 
@@ -112,7 +114,7 @@ def test_fits_in_memory_compares_with_free_memory(cifar_train, tmp_path, monkeyp
     recipe = recipe_for(tmp_path)
     assert tp.estimated_cache_bytes(cifar_train, recipe.data) == 200 * 3 * 32 * 32
     assert tp.fits_in_memory(cifar_train, recipe, "cpu")
-    monkeypatch.setattr(tp, "_free_memory_bytes", lambda device: 2 * 200 * 3 * 32 * 32 - 1)
+    monkeypatch.setattr(tp, "free_memory_bytes", lambda device: 2 * 200 * 3 * 32 * 32 - 1)
     assert not tp.fits_in_memory(cifar_train, recipe, "cpu")
 
 
@@ -123,7 +125,7 @@ def test_fits_in_memory_compares_with_free_memory(cifar_train, tmp_path, monkeyp
 
 def test_random_resized_crop_boxes_match_timm_distribution():
     n, scale, ratio = 20000, (0.08, 1.0), (3 / 4, 4 / 3)
-    ours = aug.sample_rrc_boxes(torch.Generator().manual_seed(0), n, 32, 32, scale, ratio).double()
+    ours = sample_rrc_boxes(torch.Generator().manual_seed(0), n, 32, 32, scale, ratio).double()
     random.seed(0)
     img = Image.new("RGB", (32, 32))
     theirs = torch.tensor(
@@ -151,7 +153,7 @@ def test_crop_resize_matches_pil_resized_crop(cifar_cache, galaxy_sample_dir):
         x = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)[None]
         for mode in ("bicubic", "bilinear"):
             ref = np.asarray(TVF.resized_crop(img, *box, [out, out], InterpolationMode(mode))).astype(float)
-            ours = aug.crop_resize(x, torch.tensor([box]), out, mode).round().clamp(0, 255)
+            ours = crop_resize(x, torch.tensor([box]), out, mode).round().clamp(0, 255)
             diff = np.abs(ours[0].permute(1, 2, 0).numpy() - ref)
             assert diff.max() <= 2.0 and diff.mean() < 0.3  # PIL rounds to uint8 between its two passes
 
@@ -178,8 +180,8 @@ def test_flip_rates(tmp_path):
 
 def test_random_erasing_matches_timm_rate_and_area():
     n, h, w, prob = 3000, 32, 32, 0.4
-    boxes = aug.sample_erase_boxes(torch.Generator().manual_seed(1), n, h, w, prob)
-    ours = aug.box_mask(boxes, h, w, torch.device("cpu")).double().mean(dim=(1, 2, 3))
+    boxes = sample_erase_boxes(torch.Generator().manual_seed(1), n, h, w, prob)
+    ours = box_mask(boxes, h, w, torch.device("cpu")).double().mean(dim=(1, 2, 3))
     random.seed(1)
     eraser = RandomErasing(prob, mode="const", device="cpu")
     theirs = torch.stack([(eraser(torch.ones(3, h, w)) == 0).double().mean() for _ in range(n)])
@@ -190,7 +192,7 @@ def test_random_erasing_matches_timm_rate_and_area():
     qs = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
     assert torch.allclose(torch.quantile(erased_ours, qs), torch.quantile(erased_theirs, qs), atol=0.025)
     # pixel mode fills with standard normal noise
-    x = aug.random_erase(torch.zeros(n, 3, h, w), aug.box_mask(boxes, h, w, torch.device("cpu")), "pixel")
+    x = random_erase(torch.zeros(n, 3, h, w), box_mask(boxes, h, w, torch.device("cpu")), "pixel")
     noise = x[x != 0]
     assert abs(noise.mean()) < 0.01 and abs(noise.std() - 1) < 0.01
 
@@ -201,7 +203,7 @@ def test_random_erasing_matches_timm_rate_and_area():
 
 
 def test_randaugment_op_choice_and_magnitude_distribution():
-    ra = aug.BatchRandAugment("rand-m9-mstd0.5-inc1", 32, CIFAR_MEAN, "bicubic")
+    ra = rand_augment.BatchRandAugment("rand-m9-mstd0.5-inc1", 32, CIFAR_MEAN, "bicubic")
     assert ra.num_layers == 2 and len(ra.names) == 15 and "Cutout" not in ra.names
     gen = torch.Generator().manual_seed(0)
     ops = ra.sample_ops(gen, 30000)
@@ -210,7 +212,7 @@ def test_randaugment_op_choice_and_magnitude_distribution():
     assert (freq - 1 / 15).abs().max() < 0.01
     levels = ra.sample_levels(gen, 30000)
     assert abs(levels.mean() - 9) < 0.02 and abs(levels.std() - 0.5) < 0.02 and levels.max() <= 10
-    uniform = aug.BatchRandAugment("trivialaugment", 32, CIFAR_MEAN, "bicubic")
+    uniform = rand_augment.BatchRandAugment("trivialaugment", 32, CIFAR_MEAN, "bicubic")
     assert uniform.num_layers == 1 and uniform.prob == 1.0
     u = uniform.sample_levels(gen, 30000)
     assert abs(u.mean() - 5) < 0.1 and u.min() >= 0 and u.max() <= 10
@@ -218,19 +220,19 @@ def test_randaugment_op_choice_and_magnitude_distribution():
 
 def test_op_arguments_match_timm_level_to_arg():
     """The vectorised level -> argument table against timm's LEVEL_TO_ARG, op by op."""
-    ra = aug.BatchRandAugment("rand-m9-mstd0.5-inc1", 32, CIFAR_MEAN, "bicubic")
+    ra = rand_augment.BatchRandAugment("rand-m9-mstd0.5-inc1", 32, CIFAR_MEAN, "bicubic")
     hparams = {"translate_pct": 0.45}
     levels = torch.tensor([0.0, 2.5, 5.0, 7.3, 9.0, 10.0]).repeat(400)
     signs = []
     for index, name in enumerate(ra.names):
         ops = torch.full((len(levels),), index)
-        ours = aug.op_arguments(ra.names, ops, levels, torch.Generator().manual_seed(index), 0.45)
+        ours = rand_augment.op_arguments(ra.names, ops, levels, torch.Generator().manual_seed(index), 0.45)
         fn = LEVEL_TO_ARG[name]
         theirs = torch.tensor(
             [fn(float(v), hparams)[0] if fn else float(v) for v in levels], dtype=torch.float64
         )
         enhance_increasing = name.endswith("Increasing") and not name.startswith(("Posterize", "Solarize"))
-        if name in aug.GEOMETRIC_OPS or enhance_increasing:  # timm negates these half the time
+        if rand_augment.OPS[name].geometric or enhance_increasing:  # timm negates these half the time
             centre = 1.0 if name.endswith("Increasing") else 0.0  # timm negates v, then adds 1
             assert torch.allclose((ours - centre).abs(), (theirs - centre).abs(), atol=1e-9), name
             signs.append(((ours - centre) < 0)[levels > 0].double().mean())
@@ -265,9 +267,10 @@ def test_each_randaugment_op_matches_timm_pil_op(cifar_cache, name, arg, toleran
     """Mean absolute difference in grey levels (0..255) against timm's PIL op with the same argument."""
     images = cifar_cache.images[:40]
     fill = tuple(round(255 * m) for m in CIFAR_MEAN)
-    ctx = aug._OpContext(torch.Generator(), torch.tensor(fill, dtype=torch.float32), "bicubic", 0.45)
     args = torch.full((len(images),), float(arg if arg is not None else 0))
-    ours = aug._apply_op(name, images.float(), args, ctx).round().clamp(0, 255)
+    fill_levels = torch.tensor(fill, dtype=torch.float32)
+    ours = rand_augment.OPS[name].apply(images.float(), args, fill=fill_levels, mode="bicubic")
+    ours = ours.round().clamp(0, 255)
     pil_arg = () if arg is None else (arg * 32 if name.startswith("Translate") else arg,)
     if name.startswith("Translate"):
         pil_fn = NAME_TO_OP["TranslateX" if "X" in name else "TranslateY"]  # absolute pixels
@@ -434,7 +437,9 @@ def test_seeded_determinism_and_rank_sharding(tmp_path):
     def epoch_of(rank: int, world: int, epoch: int, seed: int = 0):
         r = load_recipe(None, [f"train.seed={seed}"])
         recipe.train.seed = r.train.seed
-        source = tp.TensorTrainBatches(cache, recipe, "cpu", rank, world, 4, (0.5,) * 3, (0.5,) * 3)
+        source = tp.TensorTrainBatches(
+            cache, recipe, "cpu", mean=(0.5,) * 3, std=(0.5,) * 3, rank=rank, world_size=world, num_classes=4
+        )
         source.set_epoch(epoch)
         return source, list(source)
 
@@ -451,15 +456,20 @@ def test_seeded_determinism_and_rank_sharding(tmp_path):
 
 
 def test_bad_settings_are_one_line_errors(tmp_path):
-    cache = _tiny_cache(16)
+    cache, stats = _tiny_cache(16), {"mean": (0.5,) * 3, "std": (0.5,) * 3}
     with pytest.raises(AstroError, match="batch_size"):
-        tp.TensorTrainBatches(cache, recipe_for(tmp_path, "train.batch_size=32"), "cpu")
+        tp.TensorTrainBatches(cache, recipe_for(tmp_path, "train.batch_size=32"), "cpu", **stats)
     with pytest.raises(RecipeError, match="data.pipeline=loader"):
         tp.TensorTrainBatches(
-            cache, recipe_for(tmp_path, "augment.auto_augment=augmix-m5", "train.batch_size=4"), "cpu"
+            cache,
+            recipe_for(tmp_path, "augment.auto_augment=augmix-m5", "train.batch_size=4"),
+            "cpu",
+            **stats,
         )
     with pytest.raises(RecipeError, match="even"):
-        tp.TensorTrainBatches(cache, recipe_for(tmp_path, "augment.mixup=0.8", "train.batch_size=5"), "cpu")
+        tp.TensorTrainBatches(
+            cache, recipe_for(tmp_path, "augment.mixup=0.8", "train.batch_size=5"), "cpu", **stats
+        )
 
 
 def test_tensor_batches_factory_builds_both_sources(cifar_train, tmp_path):

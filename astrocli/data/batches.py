@@ -4,6 +4,7 @@ Both data pipelines implement it: the loader pipeline (:class:`astrocli.data.loa
 a torch ``DataLoader`` over PIL transforms) and the tensor pipeline
 (:mod:`astrocli.data.tensor_pipeline`, a decoded uint8 cache augmented batch-wide on the device). The
 trainer, the evaluation code and the calibration fit only ever see a :class:`BatchSource`.
+Both seed an epoch's random draws with :func:`epoch_seed`.
 """
 
 from __future__ import annotations
@@ -37,3 +38,10 @@ class BatchSource(Protocol):
     def __len__(self) -> int:
         """Batches per epoch (after any ``train.max_steps_per_epoch`` cap)."""
         ...
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """The seed of one epoch's random draws on one rank (augmentation parameters, DataLoader worker
+    seeds): a function of ``train.seed``, the epoch and the rank alone, so an epoch's data does not
+    depend on what ran before it, and every rank draws its own."""
+    return (seed * 1_000_003 + epoch) * 1_009 + rank

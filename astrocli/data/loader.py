@@ -2,24 +2,30 @@
 transforms in worker processes, a DistributedSampler for DDP and timm's Mixup/CutMix applied to
 whole batches on the device.
 
-It is a *batch source* (docs/architecture.md): iterate it for ``(images, targets)`` already on the
-device; ``len()`` is batches per epoch for this rank, ``set_epoch`` reshuffles, ``num_samples`` is
-the number of images this rank sees per epoch.
+It is a :class:`~astrocli.data.batches.BatchSource`: iterate it for ``(images, targets)`` already on
+the device; ``len()`` is batches per epoch for this rank, ``set_epoch`` reshuffles (and skips the
+batches a resumed run already trained), ``num_samples`` is the number of images this rank sees per
+epoch.
 
 Determinism: the sampler shuffles by ``seed + epoch`` and every epoch's worker seeds come from a
-generator seeded by ``(seed, epoch, rank)``, so an epoch's data does not depend on what ran before
-it (which is what makes resume exact at epoch boundaries).
+generator seeded by :func:`~astrocli.data.batches.epoch_seed` ``(seed, epoch, rank)``, so an epoch's
+data does not depend on what ran before it (which is what makes resume exact at epoch boundaries).
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+
+from astrocli.data.batches import epoch_seed
+
+if TYPE_CHECKING:
+    from timm.data import Mixup
 
 
 class TransformedDataset(Dataset):
@@ -90,7 +96,7 @@ class LoaderBatches:
         world_size: int = 1,
         seed: int = 0,
         num_workers: int = 0,
-        mixup: Any = None,
+        mixup: Mixup | None = None,
         mixup_off_epoch: int = 0,
         channels_last: bool = False,
         balanced: bool = False,
@@ -146,7 +152,7 @@ class LoaderBatches:
 
     def _loader(self) -> DataLoader:
         generator = torch.Generator()
-        generator.manual_seed(self.seed * 1_000_003 + self.epoch * 1009 + self.rank)
+        generator.manual_seed(epoch_seed(self.seed, self.epoch, self.rank))  # seeds the workers
         sampler = self.sampler
         if sampler is not None and self.skip_batches:
             sampler = _SkipSampler(sampler, self.skip_batches * self.batch_size)

@@ -4,7 +4,7 @@ Pillow 13 made ``ImageOps.posterize(img, 0)`` raise ``ValueError`` (Pillow <= 12
 black image: keeping 0 bits masks every bit away). timm's ``PosterizeIncreasing`` maps
 magnitude 10 to 0 bits, so RandAugment with ``rand-m9-mstd0.5-inc1`` (the CCT recipes) drew
 it within the first epoch and the loader pipeline crashed. astro's own tensor pipeline
-(:mod:`astrocli.data.tensor_augment`) already treats 0 bits as Pillow 12 did; this wraps timm's
+(:func:`astrocli.data.pixel_ops.posterize`) already treats 0 bits as Pillow 12 did; this wraps timm's
 op to do the same, so both pipelines and every Pillow agree.
 """
 

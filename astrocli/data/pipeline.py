@@ -5,18 +5,24 @@
   device), when that module is installed.
 - ``auto``: the tensor pipeline when the dataset fits in memory by its own judgement, else the loader.
 
-Both return a *batch source*: iterate for ``(images, targets)`` on the device; ``len()``,
-``set_epoch(epoch)``, ``num_samples``.
+Both return a :class:`~astrocli.data.batches.BatchSource`: iterate for ``(images, targets)`` on the
+device; ``len()``, ``set_epoch(epoch, skip_batches=0)``, ``mixup`` (None for evaluation sources), and
+``num_samples``. The normalisation ``mean``/``std`` always come from the caller: the data bundle's
+(resolved once by :func:`~astrocli.data.sources.build_datasets`, which records them in the recipe)
+or a checkpoint's.
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
+from astrocli.data.batches import BatchSource
 from astrocli.data.loader import LoaderBatches
+from astrocli.data.sources import DatasetBundle
 from astrocli.data.transforms import build_mixup
 from astrocli.errors import AstroError
 from astrocli.recipe import Recipe
@@ -58,8 +64,8 @@ def choose_pipeline(recipe: Recipe, dataset: Any) -> str:
 
 
 def build_train_batches(
-    bundle: Any, recipe: Recipe, device: torch.device, rank: int = 0, world_size: int = 1
-) -> Any:
+    bundle: DatasetBundle, recipe: Recipe, device: torch.device, rank: int = 0, world_size: int = 1
+) -> BatchSource:
     """The training batch source for ``bundle.train`` (shuffled, augmented, mixup on the device)."""
     mixup = build_mixup(recipe, bundle.num_classes)
     if choose_pipeline(recipe, bundle.train) == "tensor":
@@ -102,17 +108,16 @@ def build_eval_batches(
     rank: int = 0,
     world_size: int = 1,
     *,
-    mean: Any = None,
-    std: Any = None,
-) -> Any:
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> BatchSource:
     """The evaluation batch source: every image of ``dataset`` once across ranks, in order.
 
-    ``mean``/``std`` default to ``recipe.data.mean``/``std`` (pass the bundle's or the checkpoint's).
+    ``mean``/``std``: the normalisation of the data bundle (``DatasetBundle.mean/std``) or of the
+    checkpoint being evaluated.
     """
-    mean = mean if mean is not None else recipe.data.mean
-    std = std if std is not None else recipe.data.std
-    if mean is None or std is None:
-        raise AstroError("evaluation needs the normalisation mean/std: set data.mean and data.std")
+    if mean is None or std is None:  # a caller's bug: the bundle and checkpoints always have them
+        raise ValueError("build_eval_batches needs mean/std: pass the data bundle's or the checkpoint's")
     if choose_pipeline(recipe, dataset) == "tensor":
         module = _tensor_pipeline_module()
         return module.TensorBatches(

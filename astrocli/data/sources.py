@@ -46,7 +46,11 @@ class SourceData:
 
 @dataclass
 class DatasetBundle:
-    """Train and held-out datasets of ``(PIL.Image, int)`` with the facts the engine records."""
+    """Train and held-out datasets of ``(PIL.Image, int)`` with the facts the engine records.
+
+    ``mean``/``std`` are the normalisation, one value per input channel, resolved once by
+    :func:`build_datasets`: the batch pipelines (:mod:`astrocli.data.pipeline`) take them from here.
+    """
 
     train: Any
     val: Any
@@ -96,7 +100,9 @@ def load_source(cfg: DataConfig) -> SourceData:
 def build_datasets(cfg: DataConfig) -> DatasetBundle:
     """Build the train and held-out datasets for ``recipe.data``.
 
-    Fills ``cfg.mean``/``cfg.std`` with the statistics used when they were None.
+    Resolves the normalisation statistics (the one place that does: ``data.mean``/``data.std`` when
+    set, else the source's, or those measured on float data) into ``DatasetBundle.mean/std``, and
+    records them in ``cfg.mean``/``cfg.std``, so that recipe.yaml and the checkpoints keep them.
 
     Raises:
         DataError: missing or unreadable data, an unknown split, or a split too small to stratify.

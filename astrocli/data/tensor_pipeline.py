@@ -4,7 +4,8 @@ Public API (used by ``astrocli/data/pipeline.py``):
 
 - ``fits_in_memory(dataset, recipe, device=None) -> bool``: whether the decoded uint8 images of
   ``dataset`` (N*C*H*W bytes) take at most half of the free memory of ``device`` (default: the GPU
-  when there is one, else host RAM). ``data.pipeline: auto`` picks this pipeline when True.
+  when there is one, else host RAM; :func:`astrocli.devices.free_memory_bytes`).
+  ``data.pipeline: auto`` picks this pipeline when True.
 - ``build_tensor_cache(dataset, cfg: DataConfig, split: str) -> TensorCache``: uint8 ``[N, C, H, W]``
   images + int64 labels, decoded once. Image-file datasets are saved with safetensors under
   ``cfg.cache_dir`` (default: the user cache folder, :func:`default_cache_dir`) keyed by a hash of
@@ -13,26 +14,30 @@ Public API (used by ``astrocli/data/pipeline.py``):
   Array-backed datasets (``uint8_array()``: h5, CIFAR binaries) are taken as they are, no disk copy.
   Images keep their native size when all are equal (CIFAR 32 px, Galaxy 256 px); otherwise each is
   resized (shorter side) and centre-cropped to ``max(img_size, round(img_size / crop_pct))``.
-- ``TensorTrainBatches(cache, recipe, device, rank=0, world_size=1, num_classes=None, mean=None,
-  std=None, mixup=None)`` and ``TensorEvalBatches(cache, recipe, device, rank=0, world_size=1,
-  mean=None, std=None)``: batch sources (``__len__``, ``set_epoch``, ``num_samples``, ``__iter__``
-  yielding ``(images float [B, C, H, W] normalised on the device, targets)``).
+- ``TensorTrainBatches(cache, recipe, device, *, mean, std, num_classes=None, mixup=None, rank=0,
+  world_size=1)`` and ``TensorEvalBatches(cache, recipe, device, *, mean, std, rank=0, world_size=1)``:
+  :class:`~astrocli.data.batches.BatchSource` s (``__len__``, ``set_epoch(epoch, skip_batches=0)``,
+  ``mixup``, ``num_samples``, ``__iter__`` yielding ``(images float [B, C, H, W] normalised on the
+  device, targets)``). ``mean``/``std`` are the data bundle's (or a checkpoint's): the pipeline has
+  no default of its own.
   Train: seeded per-epoch permutation shared by all ranks, sharded ``rank::world_size``, drop_last;
-  crop / flips / RandAugment / colour jitter / normalise / random erasing per ``recipe.augment``
-  (see ``tensor_augment.py``), then timm's ``Mixup`` in batch mode: targets are int64 ``[B]``, or
-  float ``[B, K]`` whenever mixup/cutmix is configured (also after ``mixup_off_epoch``, where timm's
-  Mixup keeps returning smoothed one-hot targets, so the loss stays the same).
+  crop / flips (``tensor_crop.py``), RandAugment (``rand_augment.py``) or colour jitter, normalise,
+  random erasing (``tensor_erase.py``) per ``recipe.augment``, every draw from generators seeded by
+  :func:`~astrocli.data.batches.epoch_seed`; then timm's ``Mixup`` in batch mode: targets are int64
+  ``[B]``, or float ``[B, K]`` whenever mixup/cutmix is configured (also after ``mixup_off_epoch``,
+  where timm's Mixup keeps returning smoothed one-hot targets, so the loss stays the same).
   Within a batch the samples come in an arbitrary order (RandAugment sorts the batch by op; the
   targets follow their images).
   Eval: resize + centre-crop per batch (timm's eval geometry), every sample of the shard, in order,
-  no drop; targets int64. ``num_samples`` counts this rank's samples per epoch.
-- ``TensorBatches(dataset, recipe, device, *, train, rank, world_size, mean, std, mixup)``: builds the
-  cache and returns one of the two sources (the call ``pipeline.py`` makes).
+  no drop; targets int64; ``mixup`` is None. ``num_samples`` counts this rank's samples per epoch.
+- ``TensorBatches(dataset, recipe, device, *, train, mean, std, rank, world_size, mixup, num_classes)``:
+  builds the cache and returns one of the two sources (the call ``pipeline.py`` makes).
 - ``keep_freed_batch_buffers() -> bool``: glibc ``mallopt`` so freed batch-sized CPU buffers are
   reused, not unmapped and page-faulted back every batch; called by the sources on a CPU device.
 
 No host syncs inside an epoch: random parameters are drawn on the host from a seeded generator
-and copied to the device from pinned memory without blocking; the cache sits on the device.
+and copied to the device from pinned memory without blocking (``tensor_draws.py``); the cache sits
+on the device.
 """
 
 from __future__ import annotations
@@ -47,20 +52,33 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from astrocli.checkpoint import save_tensors
-from astrocli.data import tensor_augment as aug
+from astrocli.data.batches import BatchSource, epoch_seed
+from astrocli.data.rand_augment import BatchRandAugment
+from astrocli.data.tensor_crop import (
+    crop_resize,
+    pad_crop,
+    resize_center_crop,
+    resize_square,
+    sample_rrc_boxes,
+)
+from astrocli.data.tensor_draws import to_device
+from astrocli.data.tensor_erase import box_mask, color_jitter, random_erase, sample_erase_boxes
 from astrocli.data.transforms import build_mixup
+from astrocli.devices import free_memory_bytes, resolve_device
 from astrocli.errors import AstroError, DataError, OutputError, RecipeError
 from astrocli.progress import track
 from astrocli.recipe import DataConfig, Recipe
+
+if TYPE_CHECKING:
+    from timm.data import Mixup
 
 CACHE_FORMAT = 1  # bump when the cache layout or decoding changes
 MEMORY_FRACTION = 0.5  # share of free memory the cache may take (the rest: model, activations)
@@ -125,16 +143,6 @@ def _first_image_shape(dataset: Any) -> tuple[int, int]:
     return image.height, image.width
 
 
-def _free_memory_bytes(device: torch.device) -> int:
-    if device.type == "cuda":
-        free, _total = torch.cuda.mem_get_info(device)
-        return int(free)
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 0
-
-
 def estimated_cache_bytes(dataset: Any, cfg: DataConfig) -> int:
     """Bytes of the uint8 cache for ``dataset`` (from the first image's size)."""
     if len(dataset) == 0:
@@ -159,7 +167,8 @@ def fits_in_memory(
         needed = estimated_cache_bytes(dataset, cfg)
     except (OSError, IndexError, ValueError):
         return False
-    return needed <= MEMORY_FRACTION * _free_memory_bytes(torch.device(device))
+    free = free_memory_bytes(torch.device(device)) or 0  # unknown: nothing to spare
+    return needed <= MEMORY_FRACTION * free
 
 
 # ------------------------------------------------------------------------------------------------
@@ -303,9 +312,16 @@ def _save_cache(path: Path, images: torch.Tensor, labels: torch.Tensor) -> None:
 # ------------------------------------------------------------------------------------------------
 
 
-def _normaliser(mean: Sequence[float] | None, std: Sequence[float] | None, recipe: Recipe, channels: int):
-    mean = mean if mean is not None else recipe.data.mean or IMAGENET_DEFAULT_MEAN
-    std = std if std is not None else recipe.data.std or IMAGENET_DEFAULT_STD
+def _normalisation(
+    mean: Sequence[float] | None, std: Sequence[float] | None, channels: int
+) -> tuple[list[float], list[float]]:
+    """Per-channel ``mean``/``std`` (one value serves every channel); they come from the caller,
+    which takes them from the data bundle (:class:`~astrocli.data.sources.DatasetBundle`, where
+    ``build_datasets`` resolves them once) or from a checkpoint: the pipeline has no default."""
+    if mean is None or std is None:
+        raise ValueError(
+            "the tensor pipeline needs mean/std: pass the data bundle's (DatasetBundle.mean/std)"
+        )
     mean, std = list(mean), list(std)
     if len(mean) == 1 and channels > 1:
         mean, std = mean * channels, std * channels
@@ -314,20 +330,30 @@ def _normaliser(mean: Sequence[float] | None, std: Sequence[float] | None, recip
     return mean, std
 
 
-def _resolve_device(device: torch.device | str) -> torch.device:
-    device = torch.device(device)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
-    return device
+def _source_device(device: torch.device | str) -> torch.device:
+    """:func:`~astrocli.devices.resolve_device`, where a bare ``cuda`` is the current CUDA device (as
+    for torch tensors), not ``cuda:0``."""
+    current = torch.cuda.current_device() if str(device) == "cuda" and torch.cuda.is_available() else 0
+    return resolve_device(device, local_rank=current)
 
 
 class _TensorSource:
     """What the train and eval sources share: the device cache and normalisation."""
 
-    def __init__(self, cache, recipe, device, rank, world_size, mean, std) -> None:
+    def __init__(
+        self,
+        cache: TensorCache,
+        recipe: Recipe,
+        device: torch.device | str,
+        *,
+        mean: Sequence[float],
+        std: Sequence[float],
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world_size {world_size}")
-        self.device = _resolve_device(device)
+        self.device = _source_device(device)
         if self.device.type == "cpu":
             keep_freed_batch_buffers()  # on a GPU the caching allocator already reuses buffers
         self.cache = cache.to(self.device)
@@ -335,7 +361,7 @@ class _TensorSource:
         self.rank, self.world_size = rank, world_size
         self.batch_size = recipe.train.batch_size
         self.channels = self.cache.images.shape[1]
-        mean, std = _normaliser(mean, std, recipe, self.channels)
+        mean, std = _normalisation(mean, std, self.channels)
         self.mean = mean
         # A float cache (the float path) holds scaled values, not 0..255 levels: no /255, no rounding.
         self.float_pixels = self.cache.images.is_floating_point()
@@ -349,7 +375,7 @@ class _TensorSource:
         self.channels_last = recipe.train.channels_last
         self.epoch = 0
         self.skip_batches = 0
-        self.mixup: Any = None  # a training source sets its batch mixer (BatchSource protocol)
+        self.mixup: Mixup | None = None  # a training source sets its batch mixer (BatchSource protocol)
 
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
         """Select the epoch (the shuffle and the augmentation draw depend on it); the next iteration
@@ -370,14 +396,15 @@ class TensorTrainBatches(_TensorSource):
         cache: TensorCache,
         recipe: Recipe,
         device: torch.device | str,
+        *,
+        mean: Sequence[float],
+        std: Sequence[float],
+        num_classes: int | None = None,
+        mixup: Mixup | None = None,
         rank: int = 0,
         world_size: int = 1,
-        num_classes: int | None = None,
-        mean: Sequence[float] | None = None,
-        std: Sequence[float] | None = None,
-        mixup: Any = None,
     ) -> None:
-        super().__init__(cache, recipe, device, rank, world_size, mean, std)
+        super().__init__(cache, recipe, device, mean=mean, std=std, rank=rank, world_size=world_size)
         a = recipe.augment
         if (a.auto_augment or a.color_jitter) and (self.float_pixels or self.channels not in (1, 3)):
             raise RecipeError(
@@ -399,7 +426,7 @@ class TensorTrainBatches(_TensorSource):
         self.num_samples = self.num_batches * self.batch_size
         self.num_classes = num_classes or int(cache.labels.max()) + 1
         self.rand_augment = (
-            aug.BatchRandAugment(a.auto_augment, self.img_size, self.mean, self.interpolation)
+            BatchRandAugment(a.auto_augment, self.img_size, self.mean, self.interpolation)
             if a.auto_augment
             else None
         )
@@ -412,7 +439,7 @@ class TensorTrainBatches(_TensorSource):
 
     def _generators(self) -> tuple[torch.Generator, torch.Generator, np.random.RandomState]:
         """Host generator (parameters), device generator (noise), numpy state (timm Mixup)."""
-        seed = (self.seed * 1_000_003 + self.epoch) * 1_009 + self.rank
+        seed = epoch_seed(self.seed, self.epoch, self.rank)
         host = torch.Generator().manual_seed(seed)
         noise = torch.Generator(device=self.device).manual_seed(seed + 1)
         return host, noise, np.random.RandomState(seed % 2**32)
@@ -434,7 +461,7 @@ class TensorTrainBatches(_TensorSource):
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         skip, self.skip_batches = self.skip_batches, 0  # set_epoch's skip applies to one iteration
         host, noise, mix_state = self._generators()
-        order = aug.to_device(self.epoch_indices(), self.device)
+        order = to_device(self.epoch_indices(), self.device)
         mixing = self.mixup is not None
         if mixing:
             off = self.augment.mixup_off_epoch
@@ -465,9 +492,9 @@ class TensorTrainBatches(_TensorSource):
         reorder = None
         if self.rand_augment is not None:
             x, host_order = self.rand_augment(x, host)
-            reorder = aug.to_device(host_order, x.device)
+            reorder = to_device(host_order, x.device)
         elif a.color_jitter:
-            x = aug.color_jitter(x, a.color_jitter, host).round()
+            x = color_jitter(x, a.color_jitter, host).round()
         x = self._finish(x)
         if a.re_prob > 0:
             x = self._erase(x, host, noise)
@@ -476,35 +503,35 @@ class TensorTrainBatches(_TensorSource):
     def _erase(self, x: torch.Tensor, host: torch.Generator, noise: torch.Generator | None) -> torch.Tensor:
         """timm random erasing, touching only the samples that drew a box."""
         a, (h, w) = self.augment, x.shape[-2:]
-        boxes = aug.sample_erase_boxes(host, len(x), h, w, a.re_prob, a.re_count)
+        boxes = sample_erase_boxes(host, len(x), h, w, a.re_prob, a.re_count)
         chosen = torch.nonzero(boxes[:, :, 2].amax(dim=1) > 0).flatten()  # host tensor: no device sync
         if len(chosen) == 0:
             return x
-        idx = aug.to_device(chosen, x.device)
-        mask = aug.box_mask(boxes[chosen], h, w, torch.device("cpu"))  # host: random_erase counts it
-        return x.index_copy_(0, idx, aug.random_erase(x.index_select(0, idx), mask, a.re_mode, noise))
+        idx = to_device(chosen, x.device)
+        mask = box_mask(boxes[chosen], h, w, torch.device("cpu"))  # host: random_erase counts it
+        return x.index_copy_(0, idx, random_erase(x.index_select(0, idx), mask, a.re_mode, noise))
 
     def _crop_and_flip(self, images: torch.Tensor, host: torch.Generator) -> torch.Tensor:
         """Crop to img_size and flip, as float 0..255 rounded like PIL's uint8 output."""
         a, size = self.augment, self.img_size
         n, _, h, w = images.shape
         if a.crop == "random_resized_crop":
-            boxes = aug.sample_rrc_boxes(host, n, h, w, a.scale, a.ratio)
+            boxes = sample_rrc_boxes(host, n, h, w, a.scale, a.ratio)
             hflip, vflip = self._sample_flips(host, n)  # folded into the resampling matrices
-            x = self._levels(aug.crop_resize(images, boxes, size, self.interpolation, hflip, vflip))
+            x = self._levels(crop_resize(images, boxes, size, self.interpolation, hflip, vflip))
             # RandAugment's first sort copies the batch anyway, and makes it contiguous in passing.
             return x if self.rand_augment is not None else x.contiguous()
-        x = self._levels(aug.resize_square(images.float(), size, self.interpolation))
+        x = self._levels(resize_square(images.float(), size, self.interpolation))
         if a.crop == "pad_crop":
             offsets = torch.randint(0, 2 * a.padding + 1, (n, 2), generator=host)
-            offsets = aug.to_device(offsets, x.device)
+            offsets = to_device(offsets, x.device)
             if self.float_pixels:  # pad with the band means (0 once normalised), not 0: bands sit anywhere
-                x = aug.pad_crop(x - self._centre, offsets, a.padding, size) + self._centre
+                x = pad_crop(x - self._centre, offsets, a.padding, size) + self._centre
             else:
-                x = aug.pad_crop(x, offsets, a.padding, size)
+                x = pad_crop(x, offsets, a.padding, size)
         for flips, dim in zip(self._sample_flips(host, n), (-1, -2), strict=True):
             if flips is not None:
-                idx = aug.to_device(torch.nonzero(flips).flatten(), x.device)
+                idx = to_device(torch.nonzero(flips).flatten(), x.device)
                 x.index_copy_(0, idx, x.index_select(0, idx).flip(dim))
         return x
 
@@ -535,19 +562,14 @@ class TensorTrainBatches(_TensorSource):
 class TensorEvalBatches(_TensorSource):
     """Evaluation batches in order (resize + centre-crop per batch), no drop; int64 targets."""
 
-    def __init__(
-        self,
-        cache: TensorCache,
-        recipe: Recipe,
-        device: torch.device | str,
-        rank: int = 0,
-        world_size: int = 1,
-        mean: Sequence[float] | None = None,
-        std: Sequence[float] | None = None,
-    ) -> None:
-        super().__init__(cache, recipe, device, rank, world_size, mean, std)
-        self.indices = torch.arange(rank, len(self.cache), world_size, device=self.device)
-        self.num_samples = len(self.indices)
+    @functools.cached_property
+    def indices(self) -> torch.Tensor:
+        """This rank's samples: every ``world_size``-th from ``rank`` (each image once across ranks)."""
+        return torch.arange(self.rank, len(self.cache), self.world_size, device=self.device)
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.indices)
 
     def __len__(self) -> int:
         return math.ceil(self.num_samples / self.batch_size)
@@ -556,7 +578,7 @@ class TensorEvalBatches(_TensorSource):
         data = self.recipe.data
         for start in range(0, self.num_samples, self.batch_size):
             idx = self.indices[start : start + self.batch_size]
-            x = aug.resize_center_crop(
+            x = resize_center_crop(
                 self.cache.images[idx], data.img_size, data.crop_pct, data.interpolation, self.float_pixels
             )
             yield self._finish(x if self.float_pixels else x.round()), self.cache.labels[idx]
@@ -568,15 +590,29 @@ def TensorBatches(
     device: torch.device | str,
     *,
     train: bool,
+    mean: Sequence[float],
+    std: Sequence[float],
     rank: int = 0,
     world_size: int = 1,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-    mixup: Any = None,
+    mixup: Mixup | None = None,
     num_classes: int | None = None,
-) -> TensorTrainBatches | TensorEvalBatches:
-    """Build (or load) the cache of ``dataset`` and return its train or eval batch source."""
+) -> BatchSource:
+    """Build (or load) the cache of ``dataset`` and return its train or eval batch source.
+
+    ``mean``/``std``: the data bundle's (or a checkpoint's). ``mixup`` (train only): the batch mixer;
+    None builds it from the recipe (still None when mixup/cutmix are off).
+    """
     cache = build_tensor_cache(dataset, recipe.data, "train" if train else "eval")
     if train:
-        return TensorTrainBatches(cache, recipe, device, rank, world_size, num_classes, mean, std, mixup)
-    return TensorEvalBatches(cache, recipe, device, rank, world_size, mean, std)
+        return TensorTrainBatches(
+            cache,
+            recipe,
+            device,
+            mean=mean,
+            std=std,
+            rank=rank,
+            world_size=world_size,
+            num_classes=num_classes,
+            mixup=mixup,
+        )
+    return TensorEvalBatches(cache, recipe, device, mean=mean, std=std, rank=rank, world_size=world_size)

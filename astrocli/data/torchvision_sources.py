@@ -16,7 +16,7 @@ import numpy as np
 
 from astrocli.data.base import ArrayImageDataset, ImageFileDataset, NumpyStore
 from astrocli.data.sources import IMAGENET_MEAN, IMAGENET_STD, SourceData
-from astrocli.errors import DataError
+from astrocli.errors import DataError, first_line
 from astrocli.recipe import DataConfig
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -195,7 +195,7 @@ def _torchvision(cfg: DataConfig, name: str, build, place: str):
     try:
         return build()
     except (RuntimeError, OSError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         how = "the download failed" if cfg.download else "data.download is false"
         raise DataError(f"{name}: data not found in {cfg.root} and {how} ({reason}); {place}") from None
 
