@@ -23,6 +23,7 @@ from timm.data.transforms import RandomResizedCropAndInterpolation
 from astrocli.data import rand_augment
 from astrocli.data import tensor_pipeline as tp
 from astrocli.data.base import ArrayImageDataset, ImageFileDataset, NumpyStore
+from astrocli.data.batches import BatchSource
 from astrocli.data.tensor_crop import crop_resize, sample_rrc_boxes
 from astrocli.data.tensor_erase import box_mask, random_erase, sample_erase_boxes
 from astrocli.errors import AstroError, RecipeError
@@ -239,6 +240,24 @@ def test_op_arguments_match_timm_level_to_arg():
         else:
             assert torch.allclose(ours, theirs, atol=1e-9), name
     assert all(abs(rate - 0.5) < 0.05 for rate in signs) and len(signs) == 9
+
+
+def test_every_op_of_the_table_maps_levels_as_timm():
+    """Each row of the op table (also those outside the default op sets) against timm's
+    LEVEL_TO_ARG: the same magnitude, and randomly negated exactly where timm negates."""
+    names = list(rand_augment.OPS)
+    levels = torch.tensor([0.5, 2.5, 5.0, 7.3, 9.0, 10.0]).repeat(50)
+    random.seed(0)
+    for index, name in enumerate(names):
+        assert name in NAME_TO_OP, name
+        ops = torch.full((len(levels),), index)
+        ours = rand_augment.op_arguments(names, ops, levels, torch.Generator().manual_seed(index), 0.45)
+        fn = LEVEL_TO_ARG[name]
+        theirs = torch.tensor([fn(float(v), {"translate_pct": 0.45})[0] if fn else float(v) for v in levels])
+        enhance_increasing = name.endswith("Increasing") and not name.startswith(("Posterize", "Solarize"))
+        centre = 1.0 if enhance_increasing else 0.0
+        assert torch.allclose((ours - centre).abs(), (theirs.double() - centre).abs(), atol=1e-6), name
+        assert bool((ours < centre).any()) == bool((theirs < centre).any()), name
 
 
 @pytest.mark.parametrize(
@@ -470,6 +489,21 @@ def test_bad_settings_are_one_line_errors(tmp_path):
         tp.TensorTrainBatches(
             cache, recipe_for(tmp_path, "augment.mixup=0.8", "train.batch_size=5"), "cpu", **stats
         )
+
+
+def test_sources_are_batch_sources_with_the_callers_statistics(tmp_path):
+    cache, stats = _tiny_cache(16), {"mean": (0.5,) * 3, "std": (0.5,) * 3}
+    recipe = recipe_for(tmp_path, "data.img_size=8", "train.batch_size=4")
+    train = tp.TensorTrainBatches(cache, recipe, "cpu", **stats)
+    evaluation = tp.TensorEvalBatches(cache, recipe, "cpu", **stats)
+    assert isinstance(train, BatchSource) and isinstance(evaluation, BatchSource)
+    assert evaluation.mixup is None
+    evaluation.set_epoch(3, skip_batches=2)  # evaluation ignores both
+    assert len(list(evaluation)) == len(evaluation) == 4
+    train.set_epoch(0, skip_batches=1)
+    assert len(list(train)) == 3 and len(list(train)) == 4  # the skip applies to one iteration
+    with pytest.raises(ValueError, match="mean/std"):
+        tp.TensorEvalBatches(cache, recipe, "cpu", mean=None, std=None)
 
 
 def test_tensor_batches_factory_builds_both_sources(cifar_train, tmp_path):
