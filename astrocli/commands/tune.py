@@ -17,6 +17,12 @@ class PrunerName(str, Enum):
     none = "none"
 
 
+STORAGE_HELP = (
+    "Optuna storage URL shared by several processes or machines, e.g. sqlite:///study.db or "
+    "postgresql://user:pw@host/db (default: a SQLite file in the tune folder)."
+)
+
+
 def tune_command(
     recipe: Annotated[str, typer.Option("--recipe", "-r", help=RECIPE_HELP)],
     space: Annotated[
@@ -40,14 +46,7 @@ def tune_command(
         float | None,
         typer.Option("--timeout", help="Start no new trial after this many seconds.", metavar="SECONDS"),
     ] = None,
-    storage: Annotated[
-        str | None,
-        typer.Option(
-            "--storage",
-            help="Optuna storage URL shared by several processes or machines, e.g. sqlite:///study.db or "
-            "postgresql://user:pw@host/db (default: a SQLite file in the tune folder).",
-        ),
-    ] = None,
+    storage: Annotated[str | None, typer.Option("--storage", help=STORAGE_HELP)] = None,
     study: Annotated[
         str | None, typer.Option("--study", help="Study name (default: the recipe's output.name).")
     ] = None,

@@ -130,6 +130,8 @@ def register_model(
     """
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
+    if not (dataclasses.is_dataclass(options) and not isinstance(options, type)):
+        raise ValueError(f"{name}: options must be a dataclass instance, not {options!r}")
 
     def decorator(builder: Builder) -> Builder:
         if name in _ENTRIES:
