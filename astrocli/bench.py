@@ -28,16 +28,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from astrocli.models import count_params as count_params_of
+from astrocli.devices import free_memory_bytes
+from astrocli.models import count_params, create_model
 
 # ---------------------------------------------------------------------------------------------
-# Parameters and MACs
+# MACs
 # ---------------------------------------------------------------------------------------------
-
-
-def count_params(model: nn.Module) -> tuple[int, int]:
-    """Return ``(total, trainable)`` parameter counts; works on the meta device (no memory used)."""
-    return count_params_of(model), count_params_of(model, trainable_only=True)
 
 
 def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
@@ -202,7 +198,7 @@ def _throughput_in_fresh_process(
     """Build and measure ``name`` on the CPU; run in a spawned process by :func:`_isolated_throughput`."""
     torch.set_num_threads(threads)
     with _PeakMemory(torch.device("cpu")) as whole:  # from before the build: the weights count
-        model = build_model(name, num_classes, img_size, in_chans, device="cpu")
+        model = create_model(name, num_classes, img_size, in_chans, device="cpu")
         speed = measure_throughput(model, img_size, in_chans, batch_size, "cpu", warmup, repeats)
     if whole.kind is not None:
         # The inner measurement reset the high-water mark to the resident set after the build,
@@ -523,16 +519,6 @@ def default_img_size(name: str) -> int:
     return int(get_model_info(name).default_img_size)
 
 
-def build_model(
-    name: str, num_classes: int, img_size: int, in_chans: int = 3, device: str | torch.device = "cpu"
-) -> nn.Module:
-    """Build a zoo (or ``timm/<name>``) model directly on ``device`` (``meta`` allocates nothing)."""
-    from astrocli.models import create_model
-
-    with torch.device(device):
-        return create_model(name, num_classes=num_classes, img_size=img_size, in_chans=in_chans)
-
-
 def params_and_macs(
     name: str, img_size: int, num_classes: int = 10, in_chans: int = 3
 ) -> tuple[int, int | None]:
@@ -541,36 +527,23 @@ def params_and_macs(
     If the model cannot run its forward on ``meta``, MACs are counted on a real CPU copy when it
     fits in memory, and are None otherwise.
     """
-    model = build_model(name, num_classes, img_size, in_chans, device="meta")
-    params, _ = count_params(model)
+    model = create_model(name, num_classes, img_size, in_chans, device="meta")
+    params = count_params(model)
     try:
         return params, count_macs(model, img_size, in_chans)
     except (NotImplementedError, RuntimeError):
-        if not fits_in_memory(params, torch.device("cpu"), copies=2):
+        if not weights_fit(params, torch.device("cpu"), copies=2):
             return params, None
-        model = build_model(name, num_classes, img_size, in_chans, device="cpu")
+        model = create_model(name, num_classes, img_size, in_chans, device="cpu")
         return params, count_macs(model, img_size, in_chans)
 
 
-def available_memory_bytes(device: torch.device) -> int | None:
-    """Free memory on ``device`` (CUDA free memory, or Linux MemAvailable); None if unknown."""
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def fits_in_memory(params: int, device: torch.device, copies: int) -> bool:
-    """Whether ``copies`` float32 copies of ``params`` weights fit in half the free memory.
+def weights_fit(params: int, device: torch.device, copies: int) -> bool:
+    """Whether ``copies`` float32 copies of ``params`` weights fit in half the free memory (True if unknown).
 
     A training step holds about 4 copies (weights, gradients, two AdamW moments) plus activations.
     """
-    free = available_memory_bytes(device)
+    free = free_memory_bytes(device)
     return free is None or params * 4 * copies < free // 2
 
 
@@ -621,8 +594,8 @@ def bench_model(
     row: dict[str, Any] = dict.fromkeys(BENCH_FIELDS)
     row.update(model=name, img_size=img_size, in_chans=in_chans, num_classes=num_classes)
     notes = []
-    meta_model = build_model(name, num_classes, img_size, in_chans, device="meta")
-    total, trainable = count_params(meta_model)
+    meta_model = create_model(name, num_classes, img_size, in_chans, device="meta")
+    total, trainable = count_params(meta_model), count_params(meta_model, trainable_only=True)
     if params:
         row.update(params=total, trainable_params=trainable)
     if flops:
@@ -631,12 +604,12 @@ def bench_model(
         if macs is None:
             notes.append("MACs not counted: the model does not fit in memory")
     if throughput:
-        if fits_in_memory(total, device, copies=4):
+        if weights_fit(total, device, copies=4):
             if device.type == "cpu" and isolate:
                 args = (name, num_classes, img_size, in_chans, batch_size, warmup, repeats)
                 speed = _isolated_throughput(*args)
             else:  # CUDA: the peak statistics are reset per model, nothing to isolate
-                model = build_model(name, num_classes, img_size, in_chans, device=device)
+                model = create_model(name, num_classes, img_size, in_chans, device=device)
                 speed = measure_throughput(model, img_size, in_chans, batch_size, device, warmup, repeats)
             row.update(asdict(speed), batch_size=batch_size, device=str(device))
             if speed.peak_mem_kind is None:

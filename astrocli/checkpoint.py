@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from astrocli.errors import CheckpointError, write_error
+from astrocli.errors import CheckpointError, first_line, write_error
 
 if TYPE_CHECKING:  # annotations only: CheckpointMeta and atomic writes must work without torch (ONNX predict)
     import torch
@@ -226,9 +226,8 @@ def read_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, s
             for name in handle.keys():
                 tensors[name] = handle.get_tensor(name)
     except Exception as exc:  # safetensors raises SafetensorError / OSError with terse messages
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointError(
-            f"'{path}' is not a readable safetensors file ({reason}); "
+            f"'{path}' is not a readable safetensors file ({first_line(exc)}); "
             "it may be truncated or in another format (astro never loads pickle checkpoints)"
         ) from None
     return tensors, metadata

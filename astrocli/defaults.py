@@ -378,7 +378,7 @@ def resolve_for_print(recipe: Recipe) -> tuple[Recipe, list[str]]:
     headers; nothing is downloaded); when it is not readable here, the recipe is shown as written.
     """
     from astrocli.data import build_datasets
-    from astrocli.errors import AstroError
+    from astrocli.errors import AstroError, first_line
 
     if recipe.augment.preset == "none":
         return recipe, ["augment.preset none: keys the recipe leaves out keep their fixed defaults"]
@@ -387,9 +387,9 @@ def resolve_for_print(recipe: Recipe) -> tuple[Recipe, list[str]]:
     try:
         bundle = build_datasets(probe.data)
     except (AstroError, OSError, ValueError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return recipe, [
-            f"augment.preset {recipe.augment.preset}: the data is not readable here ({reason[:160]}); "
+            f"augment.preset {recipe.augment.preset}: the data is not readable here "
+            f"({first_line(exc, limit=160)}); "
             "keys the recipe leaves out are chosen from the data when training starts"
         ]
     resolved, choices = resolve_defaults(recipe, data_facts(bundle, probe))

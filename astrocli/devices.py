@@ -30,10 +30,18 @@ def resolve_device(spec: Any = "auto", local_rank: int = 0, option: str = "--dev
         raise AstroError(f"{option} must be auto, cpu, cuda or cuda:N, got '{spec}'")
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise AstroError(f"{option}={spec} but torch sees no CUDA device; use {option}=cpu")
+            raise AstroError(
+                f"{_setting(option, spec)} but torch sees no CUDA device; use {_setting(option, 'cpu')}"
+            )
         if device.index is None:
             device = torch.device("cuda", local_rank)
     return device
+
+
+def _setting(option: str, value: Any) -> str:
+    """``option`` set to ``value`` as the user writes it: ``--device cpu`` on the command line,
+    ``train.device=cpu`` in a recipe."""
+    return f"{option} {value}" if option.startswith("--") else f"{option}={value}"
 
 
 def free_memory_bytes(device: Any) -> int | None:

@@ -33,7 +33,7 @@ from astrocli.checkpoint import (
     check_writable,
     load_checkpoint,
 )
-from astrocli.errors import AstroError
+from astrocli.errors import AstroError, first_line
 
 FORMATS = ("onnx", "torchscript", "safetensors")
 ONNX_EXPORTERS = ("auto", "dynamo", "torchscript")  # auto: dynamo, falling back to the TorchScript-based one
@@ -151,8 +151,7 @@ def _recipe_images(
         picks = np.linspace(0, len(val) - 1, count).round().astype(int)
         batch = torch.stack([transform(val[int(i)][0]) for i in picks])
     except Exception as exc:  # data not present here: verification falls back to random inputs only
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        return None, f"the recipe's data is not readable here ({reason[:160]})"
+        return None, f"the recipe's data is not readable here ({first_line(exc, limit=160)})"
     return batch, f"{count} images from {recipe.data.source} at {recipe.data.root}"
 
 
@@ -214,7 +213,7 @@ def onnx_bytes(
         try:
             return _onnx_dynamo(model, example, opset), "torch.export (dynamo)"
         except Exception as exc:
-            errors.append(f"dynamo: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+            errors.append(f"dynamo: {first_line(exc)}")
     if exporter in ("auto", "torchscript"):
         try:
             used = "TorchScript-based (dynamo=False)"
@@ -222,7 +221,7 @@ def onnx_bytes(
                 used += f" after the dynamo exporter failed: {errors[0][len('dynamo: ') :][:160]}"
             return _onnx_torchscript(model, example, opset), used
         except Exception as exc:
-            errors.append(f"torchscript: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+            errors.append(f"torchscript: {first_line(exc)}")
     raise ExportError("ONNX export failed (" + "; ".join(e[:200] for e in errors) + ")")
 
 
@@ -315,7 +314,7 @@ def export_torchscript(
         try:
             traced = torch.jit.trace(model, example, check_trace=False)
         except Exception as exc:
-            raise ExportError(f"TorchScript tracing failed: {str(exc).splitlines()[0][:200]}") from None
+            raise ExportError(f"TorchScript tracing failed: {first_line(exc, limit=200)}") from None
         buffer = io.BytesIO()
         torch.jit.save(traced, buffer, _extra_files=extra)
         reloaded = torch.jit.load(io.BytesIO(buffer.getvalue()), map_location="cpu")

@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 
 from astrocli.checkpoint import CheckpointMeta
-from astrocli.errors import AstroError, CheckpointError
+from astrocli.devices import resolve_device
+from astrocli.errors import AstroError, CheckpointError, first_line
 
 
 class Runner:
@@ -155,21 +156,6 @@ class OnnxRunner(Runner):
         return np.asarray(out, dtype=np.float32)
 
 
-def resolve_device(device: str = "auto") -> Any:
-    """``auto`` -> the first CUDA device when there is one, else the CPU; else ``torch.device(device)``."""
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise AstroError(f"unknown device '{device}'; use auto, cpu, cuda or cuda:N") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise AstroError(f"device '{device}' requested but CUDA is not available; use --device cpu")
-    return resolved
-
-
 def load_runner(path: str | Path, device: str = "auto") -> Runner:
     """Open an astro checkpoint (``.safetensors``) or exported ``.onnx`` model for inference.
 
@@ -213,8 +199,9 @@ def _load_onnx(path: Path) -> OnnxRunner:
     try:
         session = ort.InferenceSession(str(path), providers=_onnx_providers(ort))
     except Exception as exc:  # onnxruntime raises its own Fail / InvalidProtobuf types
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CheckpointError(f"'{path}' is not a loadable ONNX model ({first[:200]})") from None
+        raise CheckpointError(
+            f"'{path}' is not a loadable ONNX model ({first_line(exc, limit=200)})"
+        ) from None
     props = session.get_modelmeta().custom_metadata_map
     if not props.get("format"):
         raise CheckpointError(

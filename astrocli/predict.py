@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from astrocli.checkpoint import atomic_write_text, check_writable
-from astrocli.errors import AstroError
+from astrocli.errors import AstroError, first_line
 from astrocli.imaging import convert_image, image_mode, is_image_file
 from astrocli.inference import Runner
 from astrocli.metrics import softmax
@@ -163,8 +163,9 @@ def load_image(path: Path, in_chans: int) -> Any:
 
 
 def _error_reason(exc: Exception) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    """``Type: first line of the message``, or just the type when there is no message."""
+    name = type(exc).__name__
+    return f"{name}: {first_line(exc)}" if str(exc).strip() else name
 
 
 def predict_files(

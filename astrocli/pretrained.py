@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from astrocli.errors import AstroError
+from astrocli.errors import AstroError, first_line
 
 if TYPE_CHECKING:
     import torch
@@ -226,7 +226,7 @@ def _read_state_dict(path: Path, spec: str) -> dict[str, torch.Tensor]:
     try:
         state_dict = load_state_dict(str(path), device="cpu", weights_only=True)
     except Exception as exc:  # weights_only refuses pickled code; a damaged file fails in many ways
-        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc, limit=160)
         raise PretrainedError(
             f"model.pretrained '{spec}': torch.load(weights_only=True) cannot read it ({first}); "
             "convert it to .safetensors where it was made"
@@ -440,8 +440,9 @@ def _hub_download(
     except RevisionNotFoundError:
         raise PretrainedError(f"model.pretrained {label}: {repo_id} has no revision '{revision}'") from None
     except HfHubHTTPError as exc:
-        first = str(exc).strip().splitlines()[0][:160]
-        raise PretrainedError(f"model.pretrained {label}: the Hub refused {filename} ({first})") from None
+        raise PretrainedError(
+            f"model.pretrained {label}: the Hub refused {filename} ({first_line(exc, limit=160)})"
+        ) from None
 
 
 @contextlib.contextmanager

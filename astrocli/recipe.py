@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import yaml
 
-from astrocli.errors import RecipeError
+from astrocli.errors import RecipeError, first_line
 
 PACKAGED_RECIPES = Path(__file__).parent / "recipes"
 
@@ -281,7 +281,7 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
 def describe_yaml_error(path: Path, exc: yaml.YAMLError) -> str:
     """One line naming the file, line and column of a YAML syntax error (PyYAML's text spans lines)."""
     mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    problem = getattr(exc, "problem", None) or first_line(exc)
     if mark is None:
         return f"{path}: not valid YAML ({problem}); fix the syntax"
     return (

@@ -34,7 +34,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from astrocli.bench import count_params, time_steps, training_step_fn
+from astrocli.bench import time_steps, training_step_fn
+from astrocli.models import count_params
 
 
 @dataclass
@@ -110,7 +111,7 @@ def compare(pair: Pair, args: argparse.Namespace, device: torch.device) -> dict:
     """Alternate rounds of timed training steps of both models; median img/s and the ratio."""
     torch.manual_seed(0)
     models = {"ours": pair.ours(), "reference": pair.reference()}
-    params = {key: count_params(model)[0] for key, model in models.items()}
+    params = {key: count_params(model) for key, model in models.items()}
     steps = {
         key: step_for(model, args.batch_size, pair.img_size, args.num_classes, device)
         for key, model in models.items()

@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from astrocli import bench
 from astrocli.cli import app
 from astrocli.errors import AstroError
+from astrocli.models import count_params, create_model
 
 runner = CliRunner()
 
@@ -68,7 +69,10 @@ def test_count_macs_is_exact_for_attention_fused_and_explicit(device: str) -> No
 def test_count_params_total_and_trainable() -> None:
     model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
     model[0].requires_grad_(False)
-    assert bench.count_params(model) == (4 * 3 + 3 + 3 * 2 + 2, 3 * 2 + 2)
+    assert (count_params(model), count_params(model, trainable_only=True)) == (
+        4 * 3 + 3 + 3 * 2 + 2,
+        3 * 2 + 2,
+    )
 
 
 ATTENTION_MODELS = [("cct_2_3x2_32", 32), ("astroformer_0", 64), ("vit_lite_2_4_32", 32)]
@@ -77,7 +81,7 @@ ATTENTION_MODELS = [("cct_2_3x2_32", 32), ("astroformer_0", 64), ("vit_lite_2_4_
 @pytest.mark.parametrize(("name", "img_size"), ATTENTION_MODELS)
 def test_zoo_explicit_attention_count_equals_fused_count(name: str, img_size: int) -> None:
     # On CPU, where SDPA runs its own kernel (on meta it decomposes into counted matmuls anyway).
-    model = bench.build_model(name, num_classes=10, img_size=img_size, device="cpu")
+    model = create_model(name, num_classes=10, img_size=img_size, device="cpu")
     explicit = bench.count_flops(model, img_size)
     fused = bench.count_flops(model, img_size, fused=True)
     assert explicit == fused > 0
@@ -193,8 +197,8 @@ def test_cli_runs_table_and_scaling_plot(tmp_path: Path) -> None:
     assert rows["gone"]["params"] is None and rows["gone"]["best_top1"] == 30.0
     assert rows["cct2"]["best_top1"] == 55.5 and rows["cct4"]["best_top1"] == 61.25
     assert rows["cct2"]["family"] == rows["cct4"]["family"] == "cct" and rows["r20"]["family"] != "cct"
-    cct2 = bench.build_model("cct_2_3x2_32", num_classes=10, img_size=32, device="meta")
-    assert rows["cct2"]["params"] == bench.count_params(cct2)[0]
+    cct2 = create_model("cct_2_3x2_32", num_classes=10, img_size=32, device="meta")
+    assert rows["cct2"]["params"] == count_params(cct2)
     assert rows["cct2"]["macs"] == bench.count_macs(cct2, 32)
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 10_000
     table = run_cli("bench", "--runs", str(runs))

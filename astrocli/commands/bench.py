@@ -7,17 +7,15 @@ import io
 import json
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from astrocli.errors import AstroError
+from astrocli.output import OutputFormat
 
-
-class OutputFormat(str, Enum):
-    table = "table"
-    json = "json"
-    csv = "csv"
+if TYPE_CHECKING:
+    import torch
 
 
 class Device(str, Enum):
@@ -103,98 +101,116 @@ def _bench_runs(runs_dir: Path, plot: Path | None, fmt: OutputFormat, output: Pa
     _emit(_render(rows, fmt, _RUN_COLUMNS, f"{len(rows)} finished runs"), output)
 
 
-def _resolve_device(device: Device) -> str:
-    import torch
+def _model_names(models: list[str] | None, all_models: bool) -> list[str]:
+    """The named models, then (``--all``) the rest of the zoo; each checked against the zoo."""
+    from astrocli.bench import check_model_name
+    from astrocli.models import list_models
 
-    if device is Device.cuda and not torch.cuda.is_available():
-        raise AstroError("--device cuda was asked for but torch sees no CUDA GPU; use --device cpu")
-    return device.value
+    names = list(models or [])
+    if all_models:
+        names += [name for name in list_models() if name not in names]
+    if not names:
+        raise AstroError("name at least one model (see `astro models`), or pass --all or --runs DIR")
+    for name in names:
+        check_model_name(name)
+    return names
+
+
+def _bench_models(names: list[str], **settings: Any) -> list[dict[str, Any]]:
+    """One row per model (:func:`astrocli.bench.bench_model` with ``settings``), a status line meanwhile."""
+    from astrocli.bench import bench_model
+    from astrocli.output import make_console
+
+    status = make_console(stderr=True)
+    rows = []
+    for name in names:
+        with status.status(f"benchmarking {name}"):
+            rows.append(bench_model(name, **settings))
+    return rows
+
+
+def _models_title(batch_size: int, device: torch.device, throughput: bool) -> str:
+    """The model table's title: what was measured where."""
+    title = f"MACs/FLOPs per image; throughput at batch {batch_size} on {device}"
+    if throughput:  # say what the peak-memory column measures (peak_mem_kind in json/csv)
+        title += (
+            "; peak mem: CUDA max allocated"
+            if device.type == "cuda"
+            else "; peak mem: resident-set growth of a fresh process per model, weights included"
+        )
+    return title
+
+
+def bench_command(
+    models: Annotated[
+        list[str] | None, typer.Argument(help="Zoo names (see `astro models`) or timm/<name>.")
+    ] = None,
+    all_models: Annotated[
+        bool, typer.Option("--all", help="Bench every zoo model (params and MACs only unless asked).")
+    ] = False,
+    params: Annotated[bool, typer.Option("--params", help="Report total and trainable parameters.")] = False,
+    flops: Annotated[
+        bool, typer.Option("--flops", help="Report MACs and FLOPs (= 2 x MACs) for one image.")
+    ] = False,
+    throughput: Annotated[
+        bool, typer.Option("--throughput", help="Measure inference/training img/s and peak memory.")
+    ] = False,
+    img_size: Annotated[
+        int | None, typer.Option("--img-size", min=1, help="Input size (default: each model's own).")
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Batch size for throughput.")] = 32,
+    num_classes: Annotated[int, typer.Option("--num-classes", min=1, help="Classifier outputs.")] = 10,
+    in_chans: Annotated[int, typer.Option("--in-chans", min=1, help="Input channels (1 for grayscale).")] = 3,
+    device: Annotated[Device, typer.Option("--device", help="Device for throughput.")] = Device.cpu,
+    warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed warm-up steps before timing.")] = 3,
+    repeats: Annotated[
+        int, typer.Option("--repeats", min=1, help="Timed steps; the median is reported.")
+    ] = 10,
+    fmt: Annotated[OutputFormat, typer.Option("--format", help="Output format.")] = OutputFormat.table,
+    output: Annotated[
+        Path | None, typer.Option("--output", help="Also write the output to this file (atomically).")
+    ] = None,
+    runs: Annotated[
+        Path | None, typer.Option("--runs", help="Report finished training runs under this directory.")
+    ] = None,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="With --runs: save top-1 vs params/MACs curves as PNG.")
+    ] = None,
+) -> None:
+    """Parameters, MACs/FLOPs and throughput of models; or scaling curves of finished runs.
+
+    With none of --params/--flops/--throughput all three are reported (--all: params and MACs).
+    MACs are multiply-accumulates for one image with attention products included; FLOPs = 2 x MACs.
+    """
+    if plot is not None and runs is None:
+        raise AstroError("--plot needs --runs DIR (the finished runs to plot)")
+    if runs is not None:
+        if models or all_models:
+            raise AstroError("--runs reports finished runs; do not name models or --all with it")
+        _bench_runs(runs, plot, fmt, output)
+        return
+    from astrocli.devices import resolve_device
+
+    names = _model_names(models, all_models)
+    if not (params or flops or throughput):
+        params, flops, throughput = True, True, not all_models
+    run_device = resolve_device(device.value)
+    rows = _bench_models(
+        names,
+        img_size=img_size,
+        num_classes=num_classes,
+        in_chans=in_chans,
+        params=params,
+        flops=flops,
+        throughput=throughput,
+        batch_size=batch_size,
+        device=run_device,
+        warmup=warmup,
+        repeats=repeats,
+    )
+    _emit(_render(rows, fmt, _MODEL_COLUMNS, _models_title(batch_size, run_device, throughput)), output)
 
 
 def register(app: typer.Typer) -> None:
     """Add ``astro bench`` to the CLI."""
-
-    @app.command("bench")
-    def bench(
-        models: list[str] = typer.Argument(None, help="Zoo names (see `astro models`) or timm/<name>."),
-        all_models: bool = typer.Option(
-            False, "--all", help="Bench every zoo model (params and MACs only unless asked)."
-        ),
-        params: bool = typer.Option(False, "--params", help="Report total and trainable parameters."),
-        flops: bool = typer.Option(
-            False, "--flops", help="Report MACs and FLOPs (= 2 x MACs) for one image."
-        ),
-        throughput: bool = typer.Option(
-            False, "--throughput", help="Measure inference/training img/s and peak memory."
-        ),
-        img_size: int = typer.Option(
-            None, "--img-size", min=1, help="Input size (default: each model's own)."
-        ),
-        batch_size: int = typer.Option(32, "--batch-size", min=1, help="Batch size for throughput."),
-        num_classes: int = typer.Option(10, "--num-classes", min=1, help="Classifier outputs."),
-        in_chans: int = typer.Option(3, "--in-chans", min=1, help="Input channels (1 for grayscale)."),
-        device: Device = typer.Option(Device.cpu, "--device", help="Device for throughput."),
-        warmup: int = typer.Option(3, "--warmup", min=0, help="Untimed warm-up steps before timing."),
-        repeats: int = typer.Option(10, "--repeats", min=1, help="Timed steps; the median is reported."),
-        fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", help="Output format."),
-        output: Path = typer.Option(
-            None, "--output", help="Also write the output to this file (atomically)."
-        ),
-        runs: Path = typer.Option(None, "--runs", help="Report finished training runs under this directory."),
-        plot: Path = typer.Option(
-            None, "--plot", help="With --runs: save top-1 vs params/MACs curves as PNG."
-        ),
-    ) -> None:
-        """Parameters, MACs/FLOPs and throughput of models; or scaling curves of finished runs.
-
-        With none of --params/--flops/--throughput all three are reported (--all: params and MACs).
-        MACs are multiply-accumulates for one image with attention products included; FLOPs = 2 x MACs.
-        """
-        if plot is not None and runs is None:
-            raise AstroError("--plot needs --runs DIR (the finished runs to plot)")
-        if runs is not None:
-            if models or all_models:
-                raise AstroError("--runs reports finished runs; do not name models or --all with it")
-            _bench_runs(runs, plot, fmt, output)
-            return
-        from astrocli import bench as lib
-        from astrocli.models import list_models
-        from astrocli.output import make_console
-
-        names = list(models or [])
-        if all_models:
-            names += [name for name in list_models() if name not in names]
-        if not names:
-            raise AstroError("name at least one model (see `astro models`), or pass --all or --runs DIR")
-        for name in names:
-            lib.check_model_name(name)
-        if not (params or flops or throughput):
-            params, flops, throughput = True, True, not all_models
-        run_device = _resolve_device(device)
-        status = make_console(stderr=True)
-        rows = []
-        for name in names:
-            with status.status(f"benchmarking {name}"):
-                rows.append(
-                    lib.bench_model(
-                        name,
-                        img_size=img_size,
-                        num_classes=num_classes,
-                        in_chans=in_chans,
-                        params=params,
-                        flops=flops,
-                        throughput=throughput,
-                        batch_size=batch_size,
-                        device=run_device,
-                        warmup=warmup,
-                        repeats=repeats,
-                    )
-                )
-        title = f"MACs/FLOPs per image; throughput at batch {batch_size} on {run_device}"
-        if throughput:  # say what the peak-memory column measures (peak_mem_kind in json/csv)
-            title += (
-                "; peak mem: CUDA max allocated"
-                if run_device == "cuda"
-                else "; peak mem: resident-set growth of a fresh process per model, weights included"
-            )
-        _emit(_render(rows, fmt, _MODEL_COLUMNS, title), output)
+    app.command("bench")(bench_command)

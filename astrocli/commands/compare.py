@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
@@ -62,15 +62,17 @@ def comparison_table(report: dict[str, Any]) -> Any:
 
 
 def compare_command(
-    a: Path = typer.Argument(..., help="A run directory or a cv folder.", show_default=False),
-    b: Path = typer.Argument(
-        None,
-        help="Another run directory or cv folder (omit: compare A's cv with its recipe target).",
-        show_default=False,
-    ),
-    json_path: Path | None = typer.Option(
-        None, "--json", help="Also write the comparison to this JSON file."
-    ),
+    a: Annotated[Path, typer.Argument(help="A run directory or a cv folder.", show_default=False)],
+    b: Annotated[
+        Path | None,
+        typer.Argument(
+            help="Another run directory or cv folder (omit: compare A's cv with its recipe target).",
+            show_default=False,
+        ),
+    ] = None,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Also write the comparison to this JSON file.")
+    ] = None,
 ) -> None:
     """Compare two runs, two cv folders (paired differences with a 95% CI), or a cv with its target."""
     from astrocli.checkpoint import atomic_write_text

@@ -7,9 +7,11 @@ metric's values, mean, standard deviation and Student-t 95% interval. Re-running
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
+
+from astrocli.commands.options import Overrides, RecipeOption
 
 METRIC_LABELS = {
     "top1": "top-1 %",
@@ -64,27 +66,36 @@ def print_report(report: dict[str, Any], parent: Path) -> None:
 
 
 def cv_command(
-    overrides: list[str] = typer.Argument(
-        None, metavar="[KEY=VALUE]...", help="Recipe overrides, e.g. train.epochs=5 data.root=/data"
-    ),
-    recipe: str = typer.Option(
-        None, "--recipe", "-r", help="Recipe YAML file or shipped recipe name (see `astro recipes`)."
-    ),
-    folds: int = typer.Option(5, "--folds", "-k", help="Folds of stratified k-fold (at least 2)."),
-    repeats: int = typer.Option(1, "--repeats", help="Repeats of the k-fold, reshuffled each time."),
-    seeds: int = typer.Option(1, "--seeds", help="Training seeds per fold (train.seed, +1, ...)."),
-    fold: int = typer.Option(
-        None, "--fold", help="Run only fold I (0-based across repeats), e.g. one job of an array."
-    ),
-    seed: int = typer.Option(None, "--seed", help="With --fold: run only seed J of that fold."),
-    aggregate: Path = typer.Option(
-        None, "--aggregate", help="Write PARENT/cv.json from the runs finished so far.", metavar="PARENT"
-    ),
-    parallel: int = typer.Option(1, "--parallel", help="Runs side by side (subprocesses)."),
-    devices: str = typer.Option(
-        None, "--devices", help="With --parallel: GPUs to hand out, e.g. 0,1,2,3 (CUDA_VISIBLE_DEVICES)."
-    ),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only warnings and the results."),
+    overrides: Overrides = None,
+    recipe: RecipeOption = None,
+    folds: Annotated[int, typer.Option("--folds", "-k", help="Folds of stratified k-fold (at least 2).")] = 5,
+    repeats: Annotated[
+        int, typer.Option("--repeats", help="Repeats of the k-fold, reshuffled each time.")
+    ] = 1,
+    seeds: Annotated[int, typer.Option("--seeds", help="Training seeds per fold (train.seed, +1, ...).")] = 1,
+    fold: Annotated[
+        int | None,
+        typer.Option("--fold", help="Run only fold I (0-based across repeats), e.g. one job of an array."),
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option("--seed", help="With --fold: run only seed J of that fold.")
+    ] = None,
+    aggregate: Annotated[
+        Path | None,
+        typer.Option(
+            "--aggregate", help="Write PARENT/cv.json from the runs finished so far.", metavar="PARENT"
+        ),
+    ] = None,
+    parallel: Annotated[int, typer.Option("--parallel", help="Runs side by side (subprocesses).")] = 1,
+    devices: Annotated[
+        str | None,
+        typer.Option(
+            "--devices", help="With --parallel: GPUs to hand out, e.g. 0,1,2,3 (CUDA_VISIBLE_DEVICES)."
+        ),
+    ] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Print only warnings and the results.")
+    ] = False,
 ) -> None:
     """Cross-validate a recipe: stratified k-fold x seeds, mean ± 95% CI per metric."""
     from astrocli import cv

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
+from astrocli.commands.options import DeviceOption
 from astrocli.errors import AstroError
 from astrocli.output import FORMAT_HELP, OutputFormat
 
@@ -111,70 +113,119 @@ def _tta_warning(recipe: dict[str, Any] | None) -> str | None:
 
 
 def eval_command(
-    checkpoint: Path = typer.Argument(
-        ..., help="A .safetensors checkpoint or an exported .onnx model.", show_default=False
-    ),
-    overrides: list[str] | None = typer.Argument(
-        None,
-        help="Recipe overrides KEY=VALUE for the data, e.g. data.root=DIR data.split=test.",
-        show_default=False,
-    ),
-    json_path: Path | None = typer.Option(None, "--json", help="Write every metric to this JSON file."),
-    plot: Path | None = typer.Option(
-        None, "--plot", help="Save the normalised confusion matrix to FILE.png."
-    ),
-    tta: bool = typer.Option(
-        False, "--tta", help="Average the softmax of each image and its horizontal flip."
-    ),
-    batch_size: int = typer.Option(64, "--batch-size", "-b", help="Images per forward pass."),
-    workers: int | None = typer.Option(
-        None, "--workers", help="DataLoader workers (default: data.num_workers, at most the CPU count)."
-    ),
-    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N (PyTorch checkpoints)."),
-    calibrate: bool = typer.Option(
-        False,
-        "--calibrate",
-        help="First fit the softmax temperature on the recipe's validation split and write it into "
-        "the checkpoint (astro predict and export then use it).",
-    ),
-    ci: bool = typer.Option(
-        False, "--ci", help="Add seeded bootstrap 95% intervals for top-1, macro-F1, balanced accuracy."
-    ),
-    resamples: int = typer.Option(1000, "--resamples", help="Bootstrap resamples for --ci."),
-    ci_seed: int = typer.Option(0, "--ci-seed", help="Seed of the bootstrap resampling for --ci."),
-    fmt: OutputFormat = typer.Option(
-        OutputFormat.table, "--format", help=FORMAT_HELP + " json: the whole report; csv: per-class rows."
-    ),
+    checkpoint: Annotated[
+        Path,
+        typer.Argument(help="A .safetensors checkpoint or an exported .onnx model.", show_default=False),
+    ],
+    overrides: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Recipe overrides KEY=VALUE for the data, e.g. data.root=DIR data.split=test.",
+            show_default=False,
+        ),
+    ] = None,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Write every metric to this JSON file.")
+    ] = None,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="Save the normalised confusion matrix to FILE.png.")
+    ] = None,
+    tta: Annotated[
+        bool, typer.Option("--tta", help="Average the softmax of each image and its horizontal flip.")
+    ] = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per forward pass.")] = 64,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers", help="DataLoader workers (default: data.num_workers, at most the CPU count)."
+        ),
+    ] = None,
+    device: DeviceOption = "auto",
+    calibrate: Annotated[
+        bool,
+        typer.Option(
+            "--calibrate",
+            help="First fit the softmax temperature on the recipe's validation split and write it into "
+            "the checkpoint (astro predict and export then use it).",
+        ),
+    ] = False,
+    ci: Annotated[
+        bool,
+        typer.Option(
+            "--ci", help="Add seeded bootstrap 95% intervals for top-1, macro-F1, balanced accuracy."
+        ),
+    ] = False,
+    resamples: Annotated[int, typer.Option("--resamples", help="Bootstrap resamples for --ci.")] = 1000,
+    ci_seed: Annotated[int, typer.Option("--ci-seed", help="Seed of the bootstrap resampling for --ci.")] = 0,
+    fmt: Annotated[
+        OutputFormat,
+        typer.Option("--format", help=FORMAT_HELP + " json: the whole report; csv: per-class rows."),
+    ] = OutputFormat.table,
 ) -> None:
     """Evaluate a model on the split its recipe validated on (or the one the overrides name)."""
-    from astrocli.checkpoint import check_writable
-    from astrocli.data import build_datasets
-    from astrocli.evaluate import (
-        check_labels,
-        eval_recipe,
-        evaluate,
-        plot_confusion_matrix,
-        write_report_json,
-    )
+    from astrocli.evaluate import evaluate
     from astrocli.inference import load_runner
     from astrocli.output import make_console
 
     # With --format json/csv stdout carries the data only; the messages go to stderr.
     console = make_console(stderr=fmt is not OutputFormat.table)
+    _check_options(json_path, plot, batch_size, resamples if ci else None)
+    runner = load_runner(checkpoint, device=device)
+    console.print(f"model: {runner.describe()}", highlight=False)
+    if tta and (tta_note := _tta_warning(getattr(runner.meta, "recipe", None))):
+        console.print(f"[yellow]warning:[/] {tta_note}", highlight=False)
+    data = _held_out(console, runner, overrides or [], workers)
+    if calibrate:
+        _calibrate(console, runner, overrides or [], batch_size, data.num_workers, data.split)
+    report = evaluate(
+        runner,
+        data.dataset,
+        batch_size=batch_size,
+        num_workers=data.num_workers,
+        tta=tta,
+        ci_resamples=resamples if ci else 0,
+        ci_seed=ci_seed,
+    )
+    report["data"] = {"source": data.source, "root": data.root, "split": data.split}
+    report["split_info"] = data.split_info
+    _show(console, report, fmt, json_path, plot)
+
+
+def _check_options(json_path: Path | None, plot: Path | None, batch_size: int, resamples: int | None) -> None:
+    """Bad options fail before the model loads; the output files must be writable before the evaluation,
+    not after it. ``resamples``: the bootstrap resamples of ``--ci``, None without it."""
+    from astrocli.checkpoint import check_writable
+
     if plot is not None and plot.suffix.lower() != ".png":
         raise AstroError(f"--plot '{plot}' must end in .png")
     if batch_size < 1:
         raise AstroError(f"--batch-size must be at least 1, got {batch_size}")
     for output in (json_path, plot):
         if output is not None:
-            check_writable(output)  # before the evaluation, not after it
-    if ci and resamples < 100:
+            check_writable(output)
+    if resamples is not None and resamples < 100:
         raise AstroError(f"--resamples must be at least 100 for a 95% interval, got {resamples}")
-    runner = load_runner(checkpoint, device=device)
-    console.print(f"model: {runner.describe()}", highlight=False)
-    if tta and (tta_note := _tta_warning(getattr(runner.meta, "recipe", None))):
-        console.print(f"[yellow]warning:[/] {tta_note}", highlight=False)
-    recipe = eval_recipe(runner.meta, overrides or [])
+
+
+@dataclass
+class _HeldOut:
+    """The images eval scores, where they come from, and the loader workers to read them with."""
+
+    dataset: Any
+    source: str
+    root: str
+    split: str
+    split_info: dict[str, Any]
+    num_workers: int
+
+
+def _held_out(console: Any, runner: Any, overrides: list[str], workers: int | None) -> _HeldOut:
+    """The held-out split of the model's recipe (with ``overrides``), after checking its channels and
+    labels against the model; says which data it is."""
+    from astrocli.data import build_datasets
+    from astrocli.evaluate import check_labels, eval_recipe
+
+    recipe = eval_recipe(runner.meta, overrides)
     if recipe.data.in_chans != runner.meta.in_chans:
         raise AstroError(
             f"data.in_chans={recipe.data.in_chans} but the model takes {runner.meta.in_chans} channels; "
@@ -192,19 +243,14 @@ def eval_command(
         f"held-out split '{heldout}', {len(bundle.val)} images",
         highlight=False,
     )
-    if calibrate:
-        _calibrate(console, runner, overrides or [], batch_size, num_workers, heldout)
-    report = evaluate(
-        runner,
-        bundle.val,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        tta=tta,
-        ci_resamples=resamples if ci else 0,
-        ci_seed=ci_seed,
-    )
-    report["data"] = {"source": recipe.data.source, "root": recipe.data.root, "split": heldout}
-    report["split_info"] = split_info
+    return _HeldOut(bundle.val, recipe.data.source, recipe.data.root, heldout, split_info, num_workers)
+
+
+def _show(
+    console: Any, report: dict[str, Any], fmt: OutputFormat, json_path: Path | None, plot: Path | None
+) -> None:
+    """The report as tables (or json/csv on stdout), then the files asked for."""
+    from astrocli.evaluate import plot_confusion_matrix, write_report_json
 
     if fmt is OutputFormat.table:
         console.print(_summary_table(report))

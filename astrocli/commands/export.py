@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -20,29 +21,31 @@ class ExportFormat(str, Enum):
     safetensors = "safetensors"
 
 
+OUTPUT_HELP = (
+    "Where to write (default: beside the checkpoint: NAME.onnx, NAME.torchscript.pt, "
+    "NAME-safetensors/model.safetensors + config.json)."
+)
+EXPORTER_HELP = (
+    "ONNX exporter: auto (torch.export-based, falling back to the TorchScript-based one), "
+    "dynamo or torchscript."
+)
+IMAGES_HELP = (
+    "Real images to verify on (files, directories, globs; repeatable). "
+    "Default: a few from the checkpoint's recipe data when it is present."
+)
+
+
 def export_command(
-    checkpoint: Path = typer.Argument(..., help="An astro .safetensors checkpoint.", show_default=False),
-    fmt: ExportFormat = typer.Option(ExportFormat.onnx, "--format", "-f", help="What to export to."),
-    output: Path | None = typer.Option(
-        None,
-        "--output",
-        "-o",
-        help="Where to write (default: beside the checkpoint: NAME.onnx, NAME.torchscript.pt, "
-        "NAME-safetensors/model.safetensors + config.json).",
-    ),
-    opset: int | None = typer.Option(None, "--opset", help="ONNX opset version (default: the exporter's)."),
-    exporter: OnnxExporter = typer.Option(
-        OnnxExporter.auto,
-        "--exporter",
-        help="ONNX exporter: auto (torch.export-based, falling back to the TorchScript-based one), "
-        "dynamo or torchscript.",
-    ),
-    images: list[str] | None = typer.Option(
-        None,
-        "--images",
-        help="Real images to verify on (files, directories, globs; repeatable). "
-        "Default: a few from the checkpoint's recipe data when it is present.",
-    ),
+    checkpoint: Annotated[Path, typer.Argument(help="An astro .safetensors checkpoint.", show_default=False)],
+    fmt: Annotated[
+        ExportFormat, typer.Option("--format", "-f", help="What to export to.")
+    ] = ExportFormat.onnx,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help=OUTPUT_HELP)] = None,
+    opset: Annotated[
+        int | None, typer.Option("--opset", help="ONNX opset version (default: the exporter's).")
+    ] = None,
+    exporter: Annotated[OnnxExporter, typer.Option("--exporter", help=EXPORTER_HELP)] = OnnxExporter.auto,
+    images: Annotated[list[str] | None, typer.Option("--images", help=IMAGES_HELP)] = None,
 ) -> None:
     """Export a checkpoint; ONNX and TorchScript are verified (rtol 1e-3, atol 1e-4) before writing."""
     from rich.markup import escape

@@ -3,23 +3,21 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
+from astrocli.commands.options import FormatOption
 from astrocli.errors import AstroError
-from astrocli.output import FORMAT_HELP, OutputFormat
+from astrocli.output import OutputFormat
 
 
 def _describe(name: str, with_macs: bool, num_classes: int) -> dict[str, Any]:
     """One row: counted on the meta device, so even ViT-H costs no memory."""
-    import torch
-
     from astrocli.models import count_params, create_model, get_model_info
 
     info = get_model_info(name)
-    with torch.device("meta"):
-        model = create_model(name, num_classes=num_classes, img_size=info.default_img_size)
+    model = create_model(name, num_classes=num_classes, img_size=info.default_img_size, device="meta")
     macs = None
     if with_macs:
         from astrocli.bench import count_macs
@@ -52,12 +50,16 @@ def _print_table(rows: list[dict[str, Any]], num_classes: int) -> None:
 
 
 def models_command(
-    family: str | None = typer.Option(
-        None, "--family", help="Only this family (astroformer, cct, cvt, ...)."
-    ),
-    macs: bool = typer.Option(True, "--macs/--no-macs", help="Count MACs (attention products included)."),
-    num_classes: int = typer.Option(10, "--num-classes", help="Classifier size used for the counts."),
-    output_format: OutputFormat = typer.Option(OutputFormat.table, "--format", help=FORMAT_HELP),
+    family: Annotated[
+        str | None, typer.Option("--family", help="Only this family (astroformer, cct, cvt, ...).")
+    ] = None,
+    macs: Annotated[
+        bool, typer.Option("--macs/--no-macs", help="Count MACs (attention products included).")
+    ] = True,
+    num_classes: Annotated[
+        int, typer.Option("--num-classes", help="Classifier size used for the counts.")
+    ] = 10,
+    output_format: FormatOption = OutputFormat.table,
 ) -> None:
     """List the model zoo: name, family, default image size, parameters and MACs."""
     from astrocli.models import FAMILIES, list_models

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from astrocli.commands.options import DeviceOption, FormatOption
 from astrocli.errors import AstroError
-from astrocli.output import FORMAT_HELP, OutputFormat
+from astrocli.output import OutputFormat
+
+if TYPE_CHECKING:
+    from astrocli.predict import Inputs
 
 
 def _table(rows: list[dict[str, Any]], top_k: int) -> Any:
@@ -31,37 +35,37 @@ def _table(rows: list[dict[str, Any]], top_k: int) -> Any:
 
 
 def predict_command(
-    paths: list[str] = typer.Argument(
-        ...,
-        help="Image files, directories (walked) or glob patterns such as 'images/*.jpg'.",
-        show_default=False,
-    ),
-    checkpoint: Path | None = typer.Option(
-        None,
-        "--checkpoint",
-        "-c",
-        help="A .safetensors checkpoint or exported .onnx model "
-        "(default: best.safetensors of the most recent run under runs/).",
-    ),
-    top_k: int = typer.Option(5, "--top-k", "-k", help="How many classes to list per image."),
-    output: Path | None = typer.Option(
-        None, "--output", "-o", help="Also write the predictions to FILE.json or FILE.csv (atomically)."
-    ),
-    batch_size: int = typer.Option(32, "--batch-size", "-b", help="Images per forward pass."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N (PyTorch checkpoints)."),
-    fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", help=FORMAT_HELP),
+    paths: Annotated[
+        list[str],
+        typer.Argument(
+            help="Image files, directories (walked) or glob patterns such as 'images/*.jpg'.",
+            show_default=False,
+        ),
+    ],
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            "--checkpoint",
+            "-c",
+            help="A .safetensors checkpoint or exported .onnx model "
+            "(default: best.safetensors of the most recent run under runs/).",
+        ),
+    ] = None,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", help="How many classes to list per image.")] = 5,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", "-o", help="Also write the predictions to FILE.json or FILE.csv (atomically)."
+        ),
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per forward pass.")] = 32,
+    device: DeviceOption = "auto",
+    fmt: FormatOption = OutputFormat.table,
 ) -> None:
     """Predict the class of each image; unreadable files get an error row and exit status 1."""
     from astrocli.inference import load_runner
-    from astrocli.output import make_console, rows_json
-    from astrocli.predict import (
-        check_output_path,
-        collect_inputs,
-        find_latest_checkpoint,
-        predict_files,
-        predictions_csv,
-        write_predictions,
-    )
+    from astrocli.output import make_console
+    from astrocli.predict import check_output_path, find_latest_checkpoint, predict_files
     from astrocli.recipe import Recipe
 
     # With --format json/csv stdout carries the data only; the messages go to stderr.
@@ -72,6 +76,20 @@ def predict_command(
         raise AstroError(f"--batch-size must be at least 1, got {batch_size}")
     if top_k < 1:
         raise AstroError(f"--top-k must be at least 1, got {top_k}")
+    inputs = _inputs(console, paths)
+    if checkpoint is None:
+        checkpoint = find_latest_checkpoint(Recipe().output.dir)
+        console.print(f"using the latest run's checkpoint: {checkpoint}", highlight=False)
+    runner = load_runner(checkpoint, device=device)
+    console.print(f"model: {runner.describe()}", highlight=False)
+    rows = predict_files(runner, inputs.files, top_k=top_k, batch_size=batch_size) + inputs.missing
+    _show(console, rows, min(top_k, len(runner.class_names)), fmt, output)
+
+
+def _inputs(console: Any, paths: list[str]) -> Inputs:
+    """The image files ``paths`` name (warning about empty directories); an error when there are none."""
+    from astrocli.predict import collect_inputs
+
     inputs = collect_inputs(paths)
     for directory in inputs.empty_dirs:
         console.print(f"[yellow]warning:[/] no images in directory {directory}", highlight=False)
@@ -81,15 +99,16 @@ def predict_command(
         raise AstroError(
             "nothing to predict (" + "; ".join(reasons) + "); pass image files, directories or globs"
         )
+    return inputs
 
-    if checkpoint is None:
-        checkpoint = find_latest_checkpoint(Recipe().output.dir)
-        console.print(f"using the latest run's checkpoint: {checkpoint}", highlight=False)
-    runner = load_runner(checkpoint, device=device)
-    console.print(f"model: {runner.describe()}", highlight=False)
 
-    rows = predict_files(runner, inputs.files, top_k=top_k, batch_size=batch_size) + inputs.missing
-    shown_k = min(top_k, len(runner.class_names))
+def _show(
+    console: Any, rows: list[dict[str, Any]], shown_k: int, fmt: OutputFormat, output: Path | None
+) -> None:
+    """The rows as a table (or json/csv on stdout), then ``--output``; exit status 1 if any input failed."""
+    from astrocli.output import rows_json
+    from astrocli.predict import predictions_csv, write_predictions
+
     if fmt is OutputFormat.table:
         console.print(_table(rows, shown_k))
     else:

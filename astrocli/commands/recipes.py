@@ -2,61 +2,78 @@
 
 from __future__ import annotations
 
+from typing import Annotated, Any
+
 import typer
 
-from astrocli.output import FORMAT_HELP, OutputFormat
+from astrocli.commands.options import FormatOption
+from astrocli.output import OutputFormat
 
 COLUMNS = ("name", "model", "dataset", "img_size", "epochs", "target")
 
 
+def _recipe_rows() -> list[dict[str, Any]]:
+    """One row per shipped recipe, in name order."""
+    from astrocli.recipe import PACKAGED_RECIPES, load_recipe
+
+    rows = []
+    for path in sorted(PACKAGED_RECIPES.glob("*.yaml")):
+        recipe = load_recipe(path)
+        rows.append(
+            {
+                "name": path.stem,
+                "model": recipe.model.name,
+                "dataset": recipe.data.source,
+                "img_size": recipe.data.img_size,
+                "epochs": recipe.train.epochs,
+                "target": recipe.target,
+            }
+        )
+    return rows
+
+
+def _print_table(rows: list[dict[str, Any]]) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from astrocli.output import make_console
+
+    table = Table(title=f"{len(rows)} shipped recipes (astro train --recipe NAME)")
+    for column in COLUMNS:
+        # Names never fold (a recipe name cut in two cannot be pasted); the free text may.
+        table.add_column(
+            column,
+            overflow="fold" if column == "target" else "ellipsis",
+            no_wrap=column != "target",
+            justify="right" if column in ("img_size", "epochs") else "left",
+        )
+    for row in rows:
+        table.add_row(*(escape(str(row[c])) for c in COLUMNS))
+    make_console().print(table)
+
+
+def recipes_command(
+    fmt: FormatOption = OutputFormat.table,
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", hidden=True, help="Deprecated: one JSON object per line (use --format json)."),
+    ] = False,
+) -> None:
+    """List the shipped recipes: name, model, dataset, image size and the paper result they target."""
+    import json
+
+    from astrocli.output import rows_csv, rows_json
+
+    rows = _recipe_rows()
+    if as_json:
+        for row in rows:
+            print(json.dumps(row))
+    elif fmt is not OutputFormat.table:
+        print(rows_json(rows) if fmt is OutputFormat.json else rows_csv(rows, COLUMNS), end="")
+    else:
+        _print_table(rows)
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``recipes`` command to the astro app."""
-
-    @app.command("recipes")
-    def recipes_command(
-        fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", help=FORMAT_HELP),
-        as_json: bool = typer.Option(
-            False, "--json", hidden=True, help="Deprecated: one JSON object per line (use --format json)."
-        ),
-    ) -> None:
-        """List the shipped recipes: name, model, dataset, image size and the paper result they target."""
-        import json
-
-        from rich.markup import escape
-        from rich.table import Table
-
-        from astrocli.output import make_console, rows_csv, rows_json
-        from astrocli.recipe import PACKAGED_RECIPES, load_recipe
-
-        rows = []
-        for path in sorted(PACKAGED_RECIPES.glob("*.yaml")):
-            recipe = load_recipe(path)
-            rows.append(
-                {
-                    "name": path.stem,
-                    "model": recipe.model.name,
-                    "dataset": recipe.data.source,
-                    "img_size": recipe.data.img_size,
-                    "epochs": recipe.train.epochs,
-                    "target": recipe.target,
-                }
-            )
-        if as_json:
-            for row in rows:
-                print(json.dumps(row))
-            return
-        if fmt is not OutputFormat.table:
-            print(rows_json(rows) if fmt is OutputFormat.json else rows_csv(rows, COLUMNS), end="")
-            return
-        table = Table(title=f"{len(rows)} shipped recipes (astro train --recipe NAME)")
-        for column in COLUMNS:
-            # Names never fold (a recipe name cut in two cannot be pasted); the free text may.
-            table.add_column(
-                column,
-                overflow="fold" if column == "target" else "ellipsis",
-                no_wrap=column != "target",
-                justify="right" if column in ("img_size", "epochs") else "left",
-            )
-        for row in rows:
-            table.add_row(*(escape(str(row[c])) for c in COLUMNS))
-        make_console().print(table)
+    app.command("recipes")(recipes_command)

@@ -3,23 +3,29 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
+from astrocli.commands.options import Overrides, RecipeOption
+
 
 def train_command(
-    overrides: list[str] = typer.Argument(
-        None, metavar="[KEY=VALUE]...", help="Recipe overrides, e.g. train.epochs=5 data.root=/data"
-    ),
-    recipe: str = typer.Option(
-        None, "--recipe", "-r", help="Recipe YAML file or shipped recipe name (see `astro recipes`)."
-    ),
-    print_recipe: bool = typer.Option(False, "--print-recipe", help="Print the resolved recipe and exit."),
-    resume: Path = typer.Option(
-        None, "--resume", help="Continue the interrupted run in RUN_DIR.", metavar="RUN_DIR"
-    ),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only warnings and the run directory."),
-    jsonl: bool = typer.Option(False, "--jsonl", help="Print one JSON object per event (for scripts)."),
+    overrides: Overrides = None,
+    recipe: RecipeOption = None,
+    print_recipe: Annotated[
+        bool, typer.Option("--print-recipe", help="Print the resolved recipe and exit.")
+    ] = False,
+    resume: Annotated[
+        Path | None,
+        typer.Option("--resume", help="Continue the interrupted run in RUN_DIR.", metavar="RUN_DIR"),
+    ] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Print only warnings and the run directory.")
+    ] = False,
+    jsonl: Annotated[
+        bool, typer.Option("--jsonl", help="Print one JSON object per event (for scripts).")
+    ] = False,
 ) -> None:
     """Train a model from a recipe; prints the run directory at the end."""
     from astrocli.errors import AstroError

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
+
+from astrocli.commands.options import RECIPE_HELP
 
 
 class PrunerName(str, Enum):
@@ -15,30 +17,43 @@ class PrunerName(str, Enum):
     none = "none"
 
 
+STORAGE_HELP = (
+    "Optuna storage URL shared by several processes or machines, e.g. sqlite:///study.db or "
+    "postgresql://user:pw@host/db (default: a SQLite file in the tune folder)."
+)
+
+
 def tune_command(
-    overrides: list[str] = typer.Argument(
-        None, metavar="[KEY=VALUE]...", help="Recipe overrides applied to every trial, e.g. train.epochs=20"
-    ),
-    recipe: str = typer.Option(
-        ..., "--recipe", "-r", help="Recipe YAML file or shipped recipe name (see `astro recipes`)."
-    ),
-    space: Path = typer.Option(
-        ..., "--space", "-s", help="Search space YAML: recipe keys to ranges {low, high, log, step} or lists."
-    ),
-    trials: int = typer.Option(20, "--trials", "-n", help="Trials this process adds to the study."),
-    timeout: float | None = typer.Option(
-        None, "--timeout", help="Start no new trial after this many seconds.", metavar="SECONDS"
-    ),
-    storage: str | None = typer.Option(
-        None,
-        "--storage",
-        help="Optuna storage URL shared by several processes or machines, e.g. sqlite:///study.db or "
-        "postgresql://user:pw@host/db (default: a SQLite file in the tune folder).",
-    ),
-    study: str | None = typer.Option(None, "--study", help="Study name (default: the recipe's output.name)."),
-    pruner: PrunerName = typer.Option(
-        PrunerName.median, "--pruner", help="Stop unpromising trials on the per-epoch validation metric."
-    ),
+    recipe: Annotated[str, typer.Option("--recipe", "-r", help=RECIPE_HELP)],
+    space: Annotated[
+        Path,
+        typer.Option(
+            "--space",
+            "-s",
+            help="Search space YAML: recipe keys to ranges {low, high, log, step} or lists.",
+        ),
+    ],
+    overrides: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="[KEY=VALUE]...", help="Recipe overrides applied to every trial, e.g. train.epochs=20"
+        ),
+    ] = None,
+    trials: Annotated[
+        int, typer.Option("--trials", "-n", help="Trials this process adds to the study.")
+    ] = 20,
+    timeout: Annotated[
+        float | None,
+        typer.Option("--timeout", help="Start no new trial after this many seconds.", metavar="SECONDS"),
+    ] = None,
+    storage: Annotated[str | None, typer.Option("--storage", help=STORAGE_HELP)] = None,
+    study: Annotated[
+        str | None, typer.Option("--study", help="Study name (default: the recipe's output.name).")
+    ] = None,
+    pruner: Annotated[
+        PrunerName,
+        typer.Option("--pruner", help="Stop unpromising trials on the per-epoch validation metric."),
+    ] = PrunerName.median,
 ) -> None:
     """Search recipe settings with Optuna (TPE); every trial is an ordinary run directory.
 

@@ -23,13 +23,10 @@ Parameter counts (10 classes, 256 px) match the released code's configs, not the
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from timm.models.maxxvit import MaxxVit, MaxxVitCfg, MaxxVitConvCfg, MaxxVitTransformerCfg
-from torch import nn
 
-from astrocli.models.registry import ModelError, register_model
+from astrocli.models.registry import AttentionOptions, BuildArgs, Builder, ModelError, register_model
 
 # variant -> (widths, depths, stem width, released-code params in millions: 10 classes, 256 px)
 VARIANTS: dict[int, tuple[tuple[int, ...], tuple[int, ...], int, float]] = {
@@ -80,33 +77,30 @@ class Astroformer(MaxxVit):
         return super().forward_features(x)
 
 
-def _make_builder(variant: int) -> Callable[..., nn.Module]:
+def _make_builder(variant: int) -> Builder:
     widths, depths, stem_width, _ = VARIANTS[variant]
 
-    def build(
-        num_classes: int,
-        img_size: int,
-        in_chans: int,
-        drop_rate: float,
-        drop_path_rate: float | None,
-        attn_drop_rate: float = 0.0,
-    ) -> nn.Module:
-        if img_size % SIZE_MULTIPLE != 0:
-            raise ModelError(f"astroformer_{variant}: img_size must be a multiple of 32, not {img_size}")
-        cfg = astroformer_cfg(widths, depths, stem_width, attn_drop_rate)
+    def build(args: BuildArgs, options: AttentionOptions) -> Astroformer:
+        if args.img_size % SIZE_MULTIPLE != 0:
+            raise ModelError(f"astroformer_{variant}: img_size must be a multiple of 32, not {args.img_size}")
         return Astroformer(
-            cfg,
-            img_size=img_size,
-            in_chans=in_chans,
-            num_classes=num_classes,
-            drop_rate=drop_rate,
-            drop_path_rate=drop_path_rate or 0.0,
+            astroformer_cfg(widths, depths, stem_width, options.attn_drop_rate),
+            img_size=args.img_size,
+            in_chans=args.in_chans,
+            num_classes=args.num_classes,
+            drop_rate=args.drop_rate,
+            drop_path_rate=args.drop_path_rate or 0.0,
         )
 
     return build
 
 
 for _variant, (_w, _d, _s, _params) in VARIANTS.items():
-    register_model(f"astroformer_{_variant}", "astroformer", DEFAULT_IMG_SIZE, _params, paper_img_size=256)(
-        _make_builder(_variant)
-    )
+    register_model(
+        f"astroformer_{_variant}",
+        "astroformer",
+        DEFAULT_IMG_SIZE,
+        _params,
+        paper_img_size=256,
+        options=AttentionOptions(),
+    )(_make_builder(_variant))

@@ -7,13 +7,11 @@ network. ``mobilenetv2_200`` is timm's MobileNet-V2 generator at channel multipl
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import timm
 from timm.models.efficientnet import _gen_mobilenet_v2
 from torch import nn
 
-from astrocli.models.registry import register_model
+from astrocli.models.registry import BuildArgs, Builder, NoOptions, register_model
 
 # name -> (family, published params in millions at 10 classes or None)
 BASELINES: dict[str, tuple[str, float | None]] = {
@@ -25,18 +23,17 @@ BASELINES: dict[str, tuple[str, float | None]] = {
 }
 
 
-def _make_builder(name: str) -> Callable[..., nn.Module]:
-    def build(
-        num_classes: int, img_size: int, in_chans: int, drop_rate: float, drop_path_rate: float | None
-    ) -> nn.Module:
+def _make_builder(name: str) -> Builder:
+    def build(args: BuildArgs, options: NoOptions) -> nn.Module:
         # img_size is not a constructor argument of convolutional nets: they run at any size.
-        extra = {} if drop_path_rate is None else {"drop_path_rate": drop_path_rate}
-        args = dict(num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate, **extra)
+        extra = {} if args.drop_path_rate is None else {"drop_path_rate": args.drop_path_rate}
+        kwargs = dict(num_classes=args.num_classes, in_chans=args.in_chans, drop_rate=args.drop_rate, **extra)
         if name == "mobilenetv2_200":
             # timm has the generator but no registered 2.0 width; its cfg is given so timm does not warn.
-            cfg = dict(architecture=name, input_size=(in_chans, img_size, img_size), num_classes=num_classes)
-            return _gen_mobilenet_v2(name, 2.0, pretrained_cfg=cfg, **args)
-        return timm.create_model(name, **args)
+            size = (args.in_chans, args.img_size, args.img_size)
+            cfg = dict(architecture=name, input_size=size, num_classes=args.num_classes)
+            return _gen_mobilenet_v2(name, 2.0, pretrained_cfg=cfg, **kwargs)
+        return timm.create_model(name, **kwargs)
 
     return build
 

@@ -8,12 +8,13 @@ in the official code. ``_sine`` names use the fixed sinusoidal position embeddin
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from torch import nn
-
-from astrocli.models.compact_transformer import SIZES, Tokenizer, build_compact_transformer
-from astrocli.models.registry import register_model
+from astrocli.models.compact_transformer import (
+    CompactOptions,
+    Tokenizer,
+    TokenizerFactory,
+    compact_builder,
+)
+from astrocli.models.registry import BuildArgs, register_model
 
 # name -> published parameter count in millions (10 classes, learnable embedding,
 # except cct_14_7x2_224: 1000 classes).
@@ -39,55 +40,31 @@ VARIANTS = (
 )
 
 
-def _make_builder(size: int, kernel: int, n_convs: int, embedding: str) -> Callable[..., nn.Module]:
-    num_layers, num_heads, mlp_ratio, dim = SIZES[size]
+def conv_tokenizer(kernel: int, n_convs: int) -> TokenizerFactory:
+    """CCT's tokenizer: ``n_convs`` blocks of a kernel x kernel conv (stride and padding as the official
+    code), ReLU and a max-pool."""
 
-    def build(
-        num_classes: int,
-        img_size: int,
-        in_chans: int,
-        drop_rate: float,
-        drop_path_rate: float | None,
-        attn_drop_rate: float = 0.1,
-        positional_embedding: str = embedding,
-    ) -> nn.Module:
-        tokenizer = Tokenizer(
+    def make(args: BuildArgs, dim: int) -> Tokenizer:
+        return Tokenizer(
             kernel_size=kernel,
             stride=max(1, kernel // 2 - 1),
             padding=max(1, kernel // 2),
             n_conv_layers=n_convs,
-            n_input_channels=in_chans,
+            n_input_channels=args.in_chans,
             n_output_channels=dim,
         )
-        return build_compact_transformer(
-            img_size=img_size,
-            in_chans=in_chans,
-            num_classes=num_classes,
-            embedding_dim=dim,
-            num_layers=num_layers,
-            num_heads=num_heads,
-            mlp_ratio=mlp_ratio,
-            tokenizer=tokenizer,
-            seq_pool=True,
-            drop_rate=drop_rate,
-            drop_path_rate=drop_path_rate,
-            attn_drop_rate=attn_drop_rate,
-            positional_embedding=positional_embedding,
-        )
 
-    return build
+    return make
 
 
 def _register_all() -> None:
     for size, kernel, n_convs, img in VARIANTS:
         name = f"cct_{size}_{kernel}x{n_convs}_{img}"
         classes = 1000 if img > 32 else 10
-        register_model(name, "cct", img, PAPER_PARAMS.get(name), classes)(
-            _make_builder(size, kernel, n_convs, "learnable")
-        )
-        register_model(f"{name}_sine", "cct", img, None, classes)(
-            _make_builder(size, kernel, n_convs, "sine")
-        )
+        build = compact_builder(size, conv_tokenizer(kernel, n_convs), seq_pool=True)
+        register_model(name, "cct", img, PAPER_PARAMS.get(name), classes, options=CompactOptions())(build)
+        sine = CompactOptions(positional_embedding="sine")
+        register_model(f"{name}_sine", "cct", img, None, classes, options=sine)(build)
 
 
 _register_all()

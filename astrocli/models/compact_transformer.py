@@ -16,12 +16,16 @@ then ``x = norm1(x)`` and ``x = x + mlp(x)``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from timm.layers import DropPath, trunc_normal_
 from torch import nn
 
-from astrocli.models.registry import ModelError
+from astrocli.models.registry import AttentionOptions, BuildArgs, ModelError
 
 
 class Tokenizer(nn.Module):
@@ -284,53 +288,76 @@ class CompactTransformer(nn.Module):
         return {"classifier.positional_emb", "classifier.class_emb"}
 
 
+class CompactSize(NamedTuple):
+    """One of the paper's model sizes (the number in ``cct_7_...``, ``cvt_7_...``)."""
+
+    num_layers: int
+    num_heads: int
+    mlp_ratio: float
+    dim: int
+
+
+SIZES: dict[int, CompactSize] = {
+    2: CompactSize(2, 2, 1.0, 128),
+    4: CompactSize(4, 2, 1.0, 128),
+    6: CompactSize(6, 4, 2.0, 256),
+    7: CompactSize(7, 4, 2.0, 256),
+    14: CompactSize(14, 6, 3.0, 384),
+    12: CompactSize(12, 12, 4.0, 768),  # the paper's ViT-12/16 baseline (ViT-B width in the compact layout)
+}
+
+
+@dataclass(frozen=True)
+class CompactOptions(AttentionOptions):
+    """The keywords of every compact transformer besides :class:`BuildArgs`.
+
+    ``positional_embedding``: learnable, sine (the fixed sinusoidal table) or none.
+    """
+
+    attn_drop_rate: float = 0.1
+    positional_embedding: str = "learnable"
+
+
+# Makes the tokenizer for the build arguments and the embedding dimension (raising ModelError
+# for an img_size it cannot take).
+TokenizerFactory = Callable[[BuildArgs, int], Tokenizer]
+
+
 def build_compact_transformer(
-    *,
-    img_size: int,
-    in_chans: int,
-    num_classes: int,
-    embedding_dim: int,
-    num_layers: int,
-    num_heads: int,
-    mlp_ratio: float,
-    tokenizer: Tokenizer,
-    seq_pool: bool,
-    drop_rate: float,
-    drop_path_rate: float | None,
-    attn_drop_rate: float,
-    positional_embedding: str,
+    args: BuildArgs, options: CompactOptions, size: CompactSize, tokenizer: Tokenizer, seq_pool: bool
 ) -> CompactTransformer:
-    """Assemble a compact transformer; ``drop_path_rate=None`` means the paper's 0.1."""
-    if drop_path_rate is None:
-        drop_path_rate = 0.1
-    sequence_length = tokenizer.sequence_length(img_size)
+    """Assemble a compact transformer; ``args.drop_path_rate=None`` means the paper's 0.1."""
+    drop_path_rate = 0.1 if args.drop_path_rate is None else args.drop_path_rate
+    sequence_length = tokenizer.sequence_length(args.img_size)
     if sequence_length < 1:
-        raise ModelError(f"img_size {img_size} is too small for this tokenizer; use a larger img_size")
+        raise ModelError(f"img_size {args.img_size} is too small for this tokenizer; use a larger img_size")
     classifier = TransformerClassifier(
         sequence_length,
-        embedding_dim,
-        num_layers,
-        num_heads,
-        mlp_ratio,
-        num_classes,
+        size.dim,
+        size.num_layers,
+        size.num_heads,
+        size.mlp_ratio,
+        args.num_classes,
         seq_pool=seq_pool,
-        dropout=drop_rate,
-        attention_dropout=attn_drop_rate,
+        dropout=args.drop_rate,
+        attention_dropout=options.attn_drop_rate,
         stochastic_depth=drop_path_rate,
-        positional_embedding=positional_embedding,
+        positional_embedding=options.positional_embedding,
     )
-    return CompactTransformer(tokenizer, classifier, img_size)
+    return CompactTransformer(tokenizer, classifier, args.img_size)
 
 
-# (layers, heads, mlp ratio, embedding dim) of the paper's model sizes.
-SIZES: dict[int, tuple[int, int, float, int]] = {
-    2: (2, 2, 1.0, 128),
-    4: (4, 2, 1.0, 128),
-    6: (6, 4, 2.0, 256),
-    7: (7, 4, 2.0, 256),
-    14: (14, 6, 3.0, 384),
-    12: (12, 12, 4.0, 768),  # the paper's ViT-12/16 baseline (ViT-B width in the compact layout)
-}
+def compact_builder(
+    size: int, tokenizer: TokenizerFactory, seq_pool: bool
+) -> Callable[[BuildArgs, CompactOptions], CompactTransformer]:
+    """The zoo builder of a compact transformer of size ``size`` (a key of :data:`SIZES`): CCT with its
+    convolutional tokenizer, CVT and ViT-Lite with a patch tokenizer; SeqPool or a class token."""
+    layout = SIZES[size]
+
+    def build(args: BuildArgs, options: CompactOptions) -> CompactTransformer:
+        return build_compact_transformer(args, options, layout, tokenizer(args, layout.dim), seq_pool)
+
+    return build
 
 
 def check_patch(img_size: int, patch: int, name: str) -> None:
@@ -341,12 +368,16 @@ def check_patch(img_size: int, patch: int, name: str) -> None:
 
 __all__ = [
     "Attention",
+    "CompactOptions",
+    "CompactSize",
     "CompactTransformer",
     "SIZES",
     "Tokenizer",
     "TransformerClassifier",
     "TransformerEncoderLayer",
+    "TokenizerFactory",
     "build_compact_transformer",
     "check_patch",
+    "compact_builder",
     "sinusoidal_embedding",
 ]

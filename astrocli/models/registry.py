@@ -1,16 +1,18 @@
 """The zoo's registry: names, metadata, construction, and timm registration.
 
-Each architecture file registers its builders with :func:`register_model`. A builder takes
-``num_classes``, ``img_size``, ``in_chans``, ``drop_rate``, ``drop_path_rate`` and may declare
-extra keyword-only options; :func:`create_model` checks every keyword against that signature,
-so a misspelt option is an error instead of being silently swallowed (the official CCT code
-accepts and ignores unknown keywords, which hid its own bugs).
+Each architecture file registers its builders with :func:`register_model`. A builder is called
+as ``builder(args, options)``: ``args`` is a :class:`BuildArgs` (``num_classes``, ``img_size``,
+``in_chans``, ``drop_rate``, ``drop_path_rate``, the keywords every model takes) and ``options``
+a frozen dataclass of the model's own keywords, declared with their defaults at registration
+(``register_model(..., options=CompactOptions())``). :func:`create_model` checks every other
+keyword against those fields, so a misspelt option is an error instead of being silently
+swallowed (the official CCT code accepts and ignores unknown keywords, which hid its own bugs).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
-import inspect
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -69,7 +71,44 @@ class ModelInfo:
     paper_img_size: int | None = None
 
 
-_BUILDERS: dict[str, Callable[..., nn.Module]] = {}
+@dataclass(frozen=True)
+class BuildArgs:
+    """The keywords every zoo builder takes (``img_size`` already resolved to the model's default).
+
+    ``drop_path_rate`` None keeps the model's own default.
+    """
+
+    num_classes: int
+    img_size: int
+    in_chans: int
+    drop_rate: float
+    drop_path_rate: float | None
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """The options of a builder that takes only the :class:`BuildArgs` keywords."""
+
+
+@dataclass(frozen=True)
+class AttentionOptions:
+    """The options of a transformer built by timm: dropout of the attention weights."""
+
+    attn_drop_rate: float = 0.0
+
+
+Builder = Callable[[BuildArgs, Any], nn.Module]
+
+
+@dataclass(frozen=True)
+class _ZooEntry:
+    """A registered builder and its options' defaults (a frozen dataclass instance)."""
+
+    builder: Builder
+    options: Any
+
+
+_ENTRIES: dict[str, _ZooEntry] = {}
 _INFOS: dict[str, ModelInfo] = {}
 
 
@@ -80,16 +119,24 @@ def register_model(
     paper_params: float | None = None,
     paper_num_classes: int = 10,
     paper_img_size: int | None = None,
+    *,
+    options: Any = NoOptions(),
     register_with_timm: bool = True,
-) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator adding a builder to the zoo (and, unless timm already has the name, to timm)."""
+) -> Callable[[Builder], Builder]:
+    """Decorator adding a builder to the zoo (and, unless timm already has the name, to timm).
+
+    ``options``: a frozen dataclass instance holding the model's own keywords and their defaults;
+    :func:`create_model` accepts exactly these besides the :class:`BuildArgs` ones.
+    """
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
+    if not (dataclasses.is_dataclass(options) and not isinstance(options, type)):
+        raise ValueError(f"{name}: options must be a dataclass instance, not {options!r}")
 
-    def decorator(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in _BUILDERS:
+    def decorator(builder: Builder) -> Builder:
+        if name in _ENTRIES:
             raise ValueError(f"model {name!r} is registered twice")
-        _BUILDERS[name] = builder
+        _ENTRIES[name] = _ZooEntry(builder, options)
         _INFOS[name] = ModelInfo(
             name,
             family,
@@ -160,9 +207,14 @@ def _check_timm_name(timm_name: str) -> None:
         raise ModelError(f"timm has no model {timm_name!r}{hint}")
 
 
-def _extra_keywords(builder: Callable[..., nn.Module]) -> list[str]:
-    params = inspect.signature(builder).parameters
-    return [p for p in params if p not in _COMMON_ARGS]
+def _options(name: str, defaults: Any, kw: dict[str, Any]) -> Any:
+    """``defaults`` (the registered options) with ``kw`` applied; an unknown keyword is a ModelError."""
+    declared = [field.name for field in dataclasses.fields(defaults)]
+    unknown = sorted(set(kw) - set(declared))
+    if unknown:
+        valid = ", ".join([*_COMMON_ARGS, *declared])
+        raise ModelError(f"{name} got unknown keyword(s) {', '.join(unknown)}; valid keywords are: {valid}")
+    return dataclasses.replace(defaults, **kw)
 
 
 def create_model(
@@ -172,6 +224,7 @@ def create_model(
     in_chans: int = 3,
     drop_rate: float = 0.0,
     drop_path_rate: float | None = None,
+    device: str | torch.device | None = None,
     **kw: Any,
 ) -> nn.Module:
     """Build a zoo model (or ``timm/<name>``), randomly initialised.
@@ -185,35 +238,29 @@ def create_model(
         drop_rate: dropout before the classifier (and in the MLPs of the compact transformers,
             as the official code does).
         drop_path_rate: stochastic depth rate; None keeps the model's own default.
-        **kw: model-specific options (see the builder); unknown ones raise ``ValueError``.
+        device: allocate every tensor directly there (``meta``: no memory, no init cost);
+            None: torch's default device.
+        **kw: model-specific options (the ``options`` it was registered with); unknown ones
+            raise ``ValueError``.
 
     Returns:
         The model, with a timm-style ``pretrained_cfg``/``default_cfg`` dict.
     """
+    if device is not None:
+        with torch.device(device):
+            return create_model(name, num_classes, img_size, in_chans, drop_rate, drop_path_rate, **kw)
     if name.startswith(TIMM_PREFIX):
         return _create_timm_model(
             name[len(TIMM_PREFIX) :], num_classes, img_size, in_chans, drop_rate, drop_path_rate, kw
         )
-    if name not in _BUILDERS:
+    if name not in _ENTRIES:
         raise ModelError(_unknown_name_message(name))
-    builder = _BUILDERS[name]
-    valid_extra = _extra_keywords(builder)
-    unknown = sorted(set(kw) - set(valid_extra))
-    if unknown:
-        valid = ", ".join([*_COMMON_ARGS, *valid_extra])
-        raise ModelError(f"{name} got unknown keyword(s) {', '.join(unknown)}; valid keywords are: {valid}")
-    info = _INFOS[name]
-    img_size = int(img_size or info.default_img_size)
+    entry = _ENTRIES[name]
+    options = _options(name, entry.options, kw)
+    img_size = int(img_size or _INFOS[name].default_img_size)
     if in_chans < 1 or num_classes < 0 or img_size < 1:
         raise ModelError(f"{name}: in_chans, img_size must be positive and num_classes >= 0")
-    model = builder(
-        num_classes=num_classes,
-        img_size=img_size,
-        in_chans=in_chans,
-        drop_rate=drop_rate,
-        drop_path_rate=drop_path_rate,
-        **kw,
-    )
+    model = entry.builder(BuildArgs(num_classes, img_size, in_chans, drop_rate, drop_path_rate), options)
     _attach_cfg(model, name, num_classes, img_size, in_chans)
     return model
 
@@ -282,6 +329,4 @@ def count_params(model: nn.Module, trainable_only: bool = False) -> int:
 
 def meta_param_count(name: str, **kwargs: Any) -> int:
     """Parameter count of a zoo model built on the meta device (no memory, no init cost)."""
-    with torch.device("meta"):
-        model = create_model(name, **kwargs)
-    return count_params(model)
+    return count_params(create_model(name, device="meta", **kwargs))

@@ -8,14 +8,12 @@ torchvision builds these (their ResNets are the ImageNet ones), so they are writ
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from timm.layers import DropPath
 from torch import nn
 
-from astrocli.models.registry import register_model
+from astrocli.models.registry import BuildArgs, Builder, NoOptions, register_model
 
 PAPER_PARAMS: dict[int, float] = {20: 0.27, 32: 0.46, 44: 0.66, 56: 0.85, 110: 1.73}
 
@@ -103,11 +101,9 @@ class CifarResNet(nn.Module):
         self.fc = nn.Linear(64, num_classes) if num_classes > 0 else nn.Identity()
 
 
-def _make_builder(depth: int) -> Callable[..., nn.Module]:
-    def build(
-        num_classes: int, img_size: int, in_chans: int, drop_rate: float, drop_path_rate: float | None
-    ) -> nn.Module:
-        return CifarResNet(depth, num_classes, in_chans, drop_rate, drop_path_rate or 0.0)
+def _make_builder(depth: int) -> Builder:
+    def build(args: BuildArgs, options: NoOptions) -> CifarResNet:
+        return CifarResNet(depth, args.num_classes, args.in_chans, args.drop_rate, args.drop_path_rate or 0.0)
 
     return build
 

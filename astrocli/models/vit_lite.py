@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from astrocli.models.compact_transformer import CompactOptions
 from astrocli.models.cvt import make_patch_builder
 from astrocli.models.registry import register_model
 
@@ -11,6 +12,6 @@ VARIANTS = ((2, 4), (4, 4), (6, 4), (7, 4), (7, 8), (7, 16))  # (size, patch)
 
 for _size, _patch in VARIANTS:
     _name = f"vit_lite_{_size}_{_patch}_32"
-    register_model(_name, "vit_lite", 32, PAPER_PARAMS.get(_name))(
+    register_model(_name, "vit_lite", 32, PAPER_PARAMS.get(_name), options=CompactOptions())(
         make_patch_builder(_name, _size, _patch, False)
     )
