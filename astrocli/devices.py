@@ -8,11 +8,14 @@ from typing import Any
 from astrocli.errors import AstroError
 
 
-def resolve_device(spec: Any = "auto", local_rank: int = 0, option: str = "--device") -> Any:
+def resolve_device(
+    spec: Any = "auto", local_rank: int = 0, option: str = "--device", allow_mps: bool = False
+) -> Any:
     """``auto``: the local CUDA device when there is one, else the CPU; ``cuda`` means ``cuda:LOCAL_RANK``.
 
     ``spec`` may also be a ``torch.device``. ``option`` names the setting in the error messages
-    (``--device`` on the command line, ``train.device`` in a recipe).
+    (``--device`` on the command line, ``train.device`` in a recipe). ``allow_mps`` also accepts
+    Apple's ``mps`` (inference runs there; training and its pipelines are written for CPU and CUDA).
 
     Raises:
         AstroError: an unknown device name, or CUDA asked for where torch sees none.
@@ -26,6 +29,12 @@ def resolve_device(spec: Any = "auto", local_rank: int = 0, option: str = "--dev
         device = torch.device(text)
     except RuntimeError:
         raise AstroError(f"unknown {option} '{spec}'; use auto, cpu, cuda or cuda:N") from None
+    if allow_mps and device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise AstroError(
+                f"{_setting(option, spec)} but torch sees no MPS device; use {_setting(option, 'cpu')}"
+            )
+        return device
     if device.type not in ("cpu", "cuda"):
         raise AstroError(f"{option} must be auto, cpu, cuda or cuda:N, got '{spec}'")
     if device.type == "cuda":

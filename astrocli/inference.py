@@ -181,7 +181,7 @@ def _load_torch(path: Path, device: str) -> TorchRunner:
             "torchvision timm, or export it with `astro export CHECKPOINT --format onnx` and predict "
             "with the .onnx file"
         )
-    resolved = resolve_device(device)
+    resolved = resolve_device(device, allow_mps=True)
     try:
         model, meta = load_model_from_checkpoint(path, device=resolved)
     except AstroError:
