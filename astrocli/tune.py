@@ -37,7 +37,7 @@ import yaml
 
 from astrocli.checkpoint import atomic_write_bytes, atomic_write_text
 from astrocli.engine.loggers import Callback, has_module, missing_extra_message, parent_run
-from astrocli.errors import AstroError, RecipeError
+from astrocli.errors import AstroError, RecipeError, first_line
 from astrocli.recipe import Recipe, load_recipe, recipe_from_dict
 
 # train.select_metric -> the epoch-row key it is read from, and which way is better.
@@ -222,7 +222,7 @@ def load_space(path: str | Path, base: Mapping[str, Any]) -> list[Param]:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise AstroError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise AstroError(f"{path}: not valid YAML ({first_line(exc)})") from None
     return parse_space(data, base, str(path))
 
 
@@ -312,8 +312,7 @@ def make_storage(url: str) -> Any:
             # row already exists, or the file is locked): the loser retries and finds them made.
             if attempt == 2:
                 raise AstroError(
-                    f"cannot open the study storage '{url}' ({type(exc).__name__}: "
-                    f"{str(exc).splitlines()[0] if str(exc) else ''})"
+                    f"cannot open the study storage '{url}' ({type(exc).__name__}: {first_line(exc)})"
                 ) from None
             time.sleep(1 + attempt)
     raise AssertionError("unreachable")
