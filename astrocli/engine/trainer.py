@@ -184,7 +184,9 @@ class Trainer:
         try:
             compiled = torch.compile(wrapped)
         except Exception as exc:  # compile support varies by platform and torch build
-            self.console.warn(f"torch.compile is unavailable ({type(exc).__name__}: {exc}); training eagerly")
+            self.console.warn(
+                f"torch.compile is unavailable ({type(exc).__name__}: {first_line(exc)}); training eagerly"
+            )
             self.compiled = False
             return wrapped
         self.compiled = True
