@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from astrocli.engine.run_dir import RunDir
+from astrocli.engine.run_dir import SUMMARY_FILE, RunDir
 from astrocli.models import count_params as count_params_of
 
 # ---------------------------------------------------------------------------------------------
@@ -397,7 +397,7 @@ def read_runs(directory: str | Path, with_cost: bool = True) -> list[RunResult]:
         raise AstroError(f"runs directory '{directory}' does not exist; pass the output.dir of `astro train`")
     runs = []
     cv_parents = {plan.parent for plan in directory.rglob("cv_plan.json")}
-    for summary in sorted(directory.rglob("summary.json")):
+    for summary in sorted(directory.rglob(SUMMARY_FILE)):
         if summary.parent.parent in cv_parents:
             continue  # a cv fold: its parent stands for it, with the mean and interval
         runs.append(_read_run(summary.parent))
