@@ -13,7 +13,6 @@ Library behind ``astro bench``. Conventions:
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import math
 import statistics
@@ -29,6 +28,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from astrocli.devices import free_memory_bytes
+from astrocli.engine.run_dir import SUMMARY_FILE, RunDir
 from astrocli.models import count_params, create_model
 
 # ---------------------------------------------------------------------------------------------
@@ -322,16 +322,11 @@ class RunResult:
         return row
 
 
-def _best_top1(run_dir: Path, summary: dict[str, Any]) -> float | None:
+def _best_top1(run: RunDir, summary: dict[str, Any]) -> float | None:
     """Best validation top-1 of a run: ``summary.json`` if it says, else the max of ``metrics.csv``."""
     if summary.get("best_top1") is not None:
         return float(summary["best_top1"])
-    metrics = run_dir / "metrics.csv"
-    if not metrics.is_file():
-        return None
-    with metrics.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    values = [float(row["val_top1"]) for row in rows if row.get("val_top1") not in (None, "")]
+    values = [row["val_top1"] for row in run.read_metrics() if row.get("val_top1") is not None]
     finite = [v for v in values if math.isfinite(v)]
     return max(finite) if finite else None
 
@@ -353,17 +348,19 @@ def _read_run(run_dir: Path) -> RunResult | None:
 
     from astrocli.errors import AstroError
 
-    summary_path, recipe_path = run_dir / "summary.json", run_dir / "recipe.yaml"
-    if not (summary_path.is_file() and recipe_path.is_file()):
+    run, recipe_path = RunDir(run_dir), run_dir / "recipe.yaml"
+    if not recipe_path.is_file():
         return None
     try:
-        summary = json.loads(summary_path.read_text())
+        summary = run.read_summary()
+        if summary is None:
+            return None
         recipe = yaml.safe_load(recipe_path.read_text()) or {}
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
         raise AstroError(
             f"run '{run_dir}': unreadable summary.json or recipe.yaml ({exc}); fix or remove that run"
         ) from None
-    top1 = _best_top1(run_dir, summary)
+    top1 = _best_top1(run, summary)
     if top1 is None:
         return None
     model_name = (recipe.get("model") or {}).get("name") or summary.get("model")
@@ -396,7 +393,7 @@ def read_runs(directory: str | Path, with_cost: bool = True) -> list[RunResult]:
         raise AstroError(f"runs directory '{directory}' does not exist; pass the output.dir of `astro train`")
     runs = []
     cv_parents = {plan.parent for plan in directory.rglob("cv_plan.json")}
-    for summary in sorted(directory.rglob("summary.json")):
+    for summary in sorted(directory.rglob(SUMMARY_FILE)):
         if summary.parent.parent in cv_parents:
             continue  # a cv fold: its parent stands for it, with the mean and interval
         runs.append(_read_run(summary.parent))

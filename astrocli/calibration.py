@@ -195,7 +195,7 @@ def calibrate_after_training(trainer: Any) -> dict[str, float] | None:
     import torch
 
     from astrocli.checkpoint import load_checkpoint
-    from astrocli.engine.trainer import build_model
+    from astrocli.engine.build import build_model
 
     run_dir = trainer.run_dir
     if len(trainer.eval_batches) == 0:

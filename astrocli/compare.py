@@ -10,7 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from astrocli.cv import TEST_METRICS, VAL_METRICS, is_cv_parent, read_cv, read_summary, run_metrics
+from astrocli.cv import TEST_METRICS, VAL_METRICS, is_cv_parent, read_cv, run_metrics
+from astrocli.engine.run_dir import RunDir
 from astrocli.errors import AstroError
 from astrocli.stats import paired_difference, parse_target_percent, where_in_interval
 
@@ -53,7 +54,7 @@ def compare_cv(a: Path, b: Path) -> dict[str, Any]:
 
 def compare_runs(a: Path, b: Path) -> dict[str, Any]:
     """Two finished runs side by side (one number each: no interval; use cv for one)."""
-    sa, sb = read_summary(a), read_summary(b)
+    sa, sb = RunDir(a).read_summary(), RunDir(b).read_summary()
     for path, summary in ((a, sa), (b, sb)):
         if summary is None:
             raise AstroError(f"'{path}' has no summary.json: pass a finished run directory or a cv folder")

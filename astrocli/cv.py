@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from astrocli.checkpoint import atomic_write_text
+from astrocli.engine.run_dir import RunDir
 from astrocli.errors import AstroError
 from astrocli.recipe import Recipe, recipe_from_dict
 from astrocli.stats import t_interval
@@ -131,13 +132,7 @@ def write_plan(parent: Path, base: Recipe, folds: int, repeats: int, seeds: int)
 
 def run_state(run_dir: Path) -> str:
     """``done`` (summary.json), ``resumable`` (resume state saved) or ``new``."""
-    from astrocli.engine.state import RESUME_FILE
-
-    if (run_dir / "summary.json").is_file():
-        return "done"
-    if (run_dir / RESUME_FILE).is_file():
-        return "resumable"
-    return "new"
+    return RunDir(run_dir).state()
 
 
 def check_data(base: Recipe, runs: Sequence[CvRun]) -> None:
@@ -264,12 +259,6 @@ def run_parallel(
 # ---------------------------------------------------------------------------------------------
 
 
-def read_summary(run_dir: Path) -> dict[str, Any] | None:
-    """A finished run's summary.json, or None."""
-    path = run_dir / "summary.json"
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 def run_metrics(summary: dict[str, Any]) -> dict[str, float]:
     """The selected checkpoint's held-out metrics (``top1``, ...) and test metrics (``test_top1``, ...)."""
     values = {k: summary["best_metrics"][k] for k in VAL_METRICS if k in summary.get("best_metrics", {})}
@@ -294,7 +283,7 @@ def aggregate(parent: str | Path) -> dict[str, Any]:
     per_run: list[dict[str, float]] = []
     selected_on = set()
     for run in runs:
-        summary = read_summary(parent / run.name)
+        summary = RunDir(parent / run.name).read_summary()
         if summary is None:
             missing.append(run.name)
             continue

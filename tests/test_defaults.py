@@ -20,7 +20,7 @@ from astrocli.defaults import (
     is_grayscale,
     resolve_defaults,
 )
-from astrocli.engine.trainer import build_scheduler, build_train_loss
+from astrocli.engine.build import build_scheduler, build_train_loss
 from astrocli.errors import RecipeError
 from astrocli.recipe import Recipe, given_keys, load_recipe
 

@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from timm.layers import resample_abs_pos_embed
 
 from astrocli.engine import TrainingInterrupted, train
-from astrocli.engine.trainer import build_model, build_optimizer, build_scheduler
+from astrocli.engine.build import build_model, build_optimizer, build_scheduler
 from astrocli.errors import AstroError
 from astrocli.pretrained import PretrainedError, load_pretrained
 from astrocli.recipe import load_recipe

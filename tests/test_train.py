@@ -357,3 +357,62 @@ def test_loader_mixup_soft_targets_and_off_epoch() -> None:
         labels = images[:, 0, 0, 0].long() % 4
         assert torch.allclose(targets.max(1).values, torch.full((4,), 0.9 + 0.1 / 4))
         assert torch.equal(targets.argmax(1), labels)
+
+
+class _FakeCompiled(torch.nn.Module):
+    """What ``torch.compile`` returns, without a compiler: runs ``inner``, or fails like a broken backend."""
+
+    def __init__(self, inner: torch.nn.Module, fail: bool) -> None:
+        super().__init__()
+        self.inner, self.fail = inner, fail
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.fail:
+            raise RuntimeError("backend compiler failed\nwith a long traceback below")
+        return self.inner(images)
+
+
+@pytest.mark.parametrize("fail", [True, False])
+def test_compile_warm_up_falls_back_and_leaves_no_trace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, fail: bool
+) -> None:
+    """train.compile warms up before the loop: a failing compile falls back to eager with one warning,
+    the recipe keeps train.compile, and either way the weights are those of an eager run."""
+    eager = train(tiny_recipe(tmp_path, "eager"))
+    monkeypatch.setattr(torch, "compile", lambda module, **kwargs: _FakeCompiled(module, fail))
+    run_dir = train(tiny_recipe(tmp_path, "compiled", **{"train.compile": True}))
+    err = capsys.readouterr().err
+    assert ("torch.compile failed (RuntimeError: backend compiler failed); training eagerly" in err) == fail
+    assert json.loads((run_dir / "summary.json").read_text())["compiled"] is not fail
+    assert "compile: true" in (run_dir / "recipe.yaml").read_text()
+    _, meta = load_checkpoint(run_dir / "last.safetensors")
+    assert meta.recipe["train"]["compile"] is True
+    assert load_resume_state(run_dir / RESUME_FILE).recipe["train"]["compile"] is True
+    ours, theirs = (load_checkpoint(d / "last.safetensors")[0] for d in (run_dir, eager))
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
+def test_progress_reads_the_extra_bag_of_0_2_0() -> None:
+    """astro 0.2.0 kept these fields in a ``progress.extra`` dict: its resume files still load."""
+    old = {
+        "epoch": 3,
+        "best_epoch": 2,
+        "extra": {
+            "total_seconds": 12.5,
+            "saved_epoch": 3,
+            "best_score": 61.0,
+            "evals_without_improvement": 1,
+            "best_weights": "ema",
+            "best_metrics": {"top1": 61.0},
+            "stopped_early": 3,
+        },
+    }
+    progress = Progress(**old)
+    assert (progress.total_seconds, progress.saved_epoch, progress.stopped_early) == (12.5, 3, 3)
+    assert (progress.best_score, progress.evals_without_improvement, progress.best_weights) == (
+        61.0,
+        1,
+        "ema",
+    )
+    assert progress.best_metrics == {"top1": 61.0} and "extra" not in progress.to_dict()
+    assert Progress(**progress.to_dict()) == progress

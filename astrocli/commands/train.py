@@ -43,12 +43,10 @@ def train_command(
 
     if print_recipe:
         if resume is not None:
-            from astrocli.recipe import apply_override, recipe_from_dict
+            from astrocli.engine.run_dir import RunDir
 
-            raw = _resume_recipe_dict(resume)
-            for item in overrides or []:
-                apply_override(raw, item)
-            print(recipe_from_dict(raw).to_yaml(), end="")
+            _, resumed = RunDir(resume).load_resume(overrides or [])
+            print(resumed.to_yaml(), end="")
         else:
             from astrocli.defaults import resolve_for_print
 
@@ -62,15 +60,6 @@ def train_command(
         train(resume_dir=resume, overrides=overrides or [], log=log)
     else:
         train(load_recipe(recipe, overrides or []), log=log)
-
-
-def _resume_recipe_dict(run_dir: Path) -> dict:
-    from astrocli.engine.state import RESUME_FILE, load_resume_state
-    from astrocli.errors import AstroError
-
-    if not (run_dir / RESUME_FILE).is_file():
-        raise AstroError(f"'{run_dir}' has no {RESUME_FILE}; pass a run directory written by `astro train`")
-    return load_resume_state(run_dir / RESUME_FILE).recipe
 
 
 def register(app: typer.Typer) -> None:

@@ -1,10 +1,27 @@
-"""The training engine: the loop (:mod:`.trainer`), resume state (:mod:`.state`), console output
-(:mod:`.console`) and DDP helpers (:mod:`.distributed`).
+"""The training engine: the loop (:mod:`.trainer`), the parts it is built from (:mod:`.build`), the
+run directory's files (:mod:`.run_dir`), resume state (:mod:`.state`), console output
+(:mod:`.console`), experiment loggers (:mod:`.loggers`) and DDP helpers (:mod:`.distributed`).
 
     from astrocli.engine import train
     run_dir = train(load_recipe("quickstart"))
+
+The names below are imported on first use, so that reading a run directory
+(``astrocli.engine.run_dir``) does not import torch.
 """
 
-from astrocli.engine.trainer import NonFiniteLoss, Trainer, TrainingInterrupted, train
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from astrocli.engine.trainer import NonFiniteLoss, Trainer, TrainingInterrupted, train
 
 __all__ = ["NonFiniteLoss", "Trainer", "TrainingInterrupted", "train"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from astrocli.engine import trainer
+
+        return getattr(trainer, name)
+    raise AttributeError(f"module 'astrocli.engine' has no attribute {name!r}")

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from astrocli.checkpoint import atomic_write_text
-from astrocli.errors import AstroError
+from astrocli.errors import AstroError, first_line
 from astrocli.recipe import Recipe
 
 # The module each logger imports, and the extra that installs it.
@@ -442,7 +442,7 @@ class MlflowLogger(_Guarded):
         except Exception as exc:
             raise AstroError(
                 f"MLflow tracking at {uri} failed to start a run ({type(exc).__name__}: "
-                f"{str(exc).splitlines()[0] if str(exc) else ''}); check MLFLOW_TRACKING_URI or "
+                f"{first_line(exc)}); check MLFLOW_TRACKING_URI or "
                 "output.mlflow_uri, or drop mlflow from output.loggers",
                 exit_code=1,
             ) from None

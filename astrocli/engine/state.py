@@ -7,7 +7,7 @@ Tensors (safetensors):
     rng.torch, rng.cuda.<i>  torch RNG states (uint8, as torch returns them)
     rng.numpy                numpy's MT19937 key (uint32 -> int64 tensor)
 Metadata (one JSON string under ``astro_resume``):
-    epoch, step_in_epoch, global_step, best_top1, best_epoch, scheduler state dict, optimizer
+    the :class:`Progress` fields, scheduler state dict, optimizer
     param_groups and non-tensor per-parameter state, GradScaler state, numpy RNG position, python
     ``random`` state, recipe.
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass, field
+from dataclasses import InitVar, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -27,27 +27,56 @@ import numpy as np
 import torch
 
 from astrocli.checkpoint import read_tensors, save_tensors
+from astrocli.engine.run_dir import RESUME_FILE
 from astrocli.errors import CheckpointError
 
 RESUME_FORMAT = "astro-resume/1"
-RESUME_FILE = "resume.safetensors"
+__all__ = [
+    "RESUME_FILE",
+    "RESUME_FORMAT",
+    "Progress",
+    "ResumeState",
+    "load_resume_state",
+    "save_resume_state",
+]
 
 
 @dataclass
 class Progress:
-    """Where the run is: ``epoch`` epochs finished, plus ``step_in_epoch`` batches of the next one."""
+    """Where the run is: ``epoch`` epochs finished, plus ``step_in_epoch`` batches of the next one,
+    and what the run has found so far (the best checkpoint, early stopping). Saved in the resume state.
+
+    Resume files written before a field existed load with its default; astro 0.2.0 kept the fields
+    from ``total_seconds`` on in a dict named ``extra``, which is still read (:meth:`__post_init__`).
+    """
 
     epoch: int = 0
     step_in_epoch: int = 0
     global_step: int = 0  # optimizer updates so far (drives the per-update schedule and EMA warmup)
     best_top1: float = -1.0
     best_epoch: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
     # Training-loss sum (over images) and image count of the ``step_in_epoch`` batches already run
     # in the unfinished epoch (all ranks), so that the resumed epoch reports its whole train loss.
-    # Resume files written before these fields existed load with the defaults.
     epoch_loss_sum: float = 0.0
     epoch_images: int = 0
+    total_seconds: float = 0.0  # training time over every session of the run
+    saved_epoch: int = 0  # the epoch of the newest last.safetensors and resume state
+    stopped_early: int | None = None  # the epoch train.patience stopped the run after
+    best_score: float | None = None  # train.select_metric of the best checkpoint (higher is better)
+    best_weights: str = "model"  # "model" or "ema": which weights best.safetensors holds
+    best_metrics: dict[str, float] = field(default_factory=dict)  # its validation metrics, no "val_"
+    evals_without_improvement: int = 0  # counted against train.patience
+    extra: InitVar[dict[str, Any] | None] = None  # astro 0.2.0's bag of the fields above
+
+    def __post_init__(self, extra: dict[str, Any] | None) -> None:
+        known = {f.name for f in fields(self)}
+        for key, value in (extra or {}).items():
+            if key in known:
+                setattr(self, key, value)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as JSON-able values (what the resume state stores)."""
+        return asdict(self)
 
     def position(self, steps_per_epoch: int | None = None) -> str:
         """Where the run stands, in the words the stop message and the resume banner share."""
@@ -167,7 +196,7 @@ def save_resume_state(
     rng_tensors, rng_meta = capture_rng()
     tensors.update(rng_tensors)
     meta = {
-        "progress": progress.__dict__,
+        "progress": progress.to_dict(),
         "scheduler": {k: v for k, v in scheduler.state_dict().items()},
         "optimizer": optim_meta,
         "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
