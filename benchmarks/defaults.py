@@ -41,7 +41,7 @@ from astrocli.evaluate import collect_probabilities, eval_recipe  # noqa: E402
 from astrocli.inference import load_runner  # noqa: E402
 from astrocli.recipe import load_recipe  # noqa: E402
 
-MODEL = "resnet20"
+MODEL = "resnet20"  # --model: any zoo name (the user trained cct_2_3x2_32)
 # (name, augmentation keys, lr): the hand-set grid; same model, epochs, batch and warmup as auto.
 GRID = [
     ("timm defaults (RRC 0.08-1, hflip), lr 5e-4", {"crop": "random_resized_crop", "hflip": 0.5}, 5e-4),
@@ -212,9 +212,11 @@ def main() -> None:
     )
     parser.add_argument("--sampler", action="store_true", help="also the balanced sampler (imbalanced)")
     parser.add_argument("--quick", action="store_true", help="1 epoch each (checks the script runs)")
+    parser.add_argument("--model", default=MODEL, help="the model every run trains (default: resnet20)")
     parser.add_argument("--grid", default=None, help="comma-separated grid rows to run (default: all)")
     args = parser.parse_args()
-    global GRID_PICK
+    global GRID_PICK, MODEL
+    MODEL = args.model
     GRID_PICK = {int(i) for i in args.grid.split(",")} if args.grid else None
     torch.set_num_threads(args.threads)
     work = args.work
