@@ -193,6 +193,7 @@ def imbalance(label: str, data: list[str], epochs: int, work: Path, sampler: boo
 
 
 def main() -> None:
+    global GRID_PICK, MODEL
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -215,7 +216,6 @@ def main() -> None:
     parser.add_argument("--model", default=MODEL, help="the model every run trains (default: resnet20)")
     parser.add_argument("--grid", default=None, help="comma-separated grid rows to run (default: all)")
     args = parser.parse_args()
-    global GRID_PICK, MODEL
     MODEL = args.model
     GRID_PICK = {int(i) for i in args.grid.split(",")} if args.grid else None
     torch.set_num_threads(args.threads)
