@@ -19,6 +19,7 @@ wall-clock figures, so an interrupted-and-resumed cv writes the same file as an 
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import queue
@@ -33,7 +34,7 @@ from typing import Any
 from astrocli.checkpoint import atomic_write_text
 from astrocli.engine.run_dir import RunDir
 from astrocli.errors import AstroError
-from astrocli.recipe import Recipe, recipe_from_dict
+from astrocli.recipe import Recipe
 from astrocli.stats import t_interval
 
 PLAN_FILE = "cv_plan.json"
@@ -106,7 +107,9 @@ def parent_dir(recipe: Recipe) -> Path:
 
 def run_recipe(base: Recipe, run: CvRun) -> Recipe:
     """The base recipe for one run: its fold, its seed, its name."""
-    recipe = recipe_from_dict(base.to_dict())
+    # A deep copy keeps the keys the user set (given_keys): augment.preset auto fills the rest from
+    # each fold's data as `astro train` would (a copy rebuilt from to_dict() would count every key set).
+    recipe = copy.deepcopy(base)
     recipe.data.folds, recipe.data.fold, recipe.data.fold_repeat = run.folds, run.fold, run.repeat
     recipe.train.seed = base.train.seed + run.seed
     recipe.output.dir, recipe.output.name = str(parent_dir(base)), run.name

@@ -437,6 +437,12 @@ def mark_given(recipe: Recipe, keys: set[str] | frozenset[str]) -> None:
     recipe.__dict__["_given"] = given_keys(recipe) | frozenset(keys)
 
 
+def set_given(recipe: Recipe, keys: set[str] | frozenset[str]) -> None:
+    """Record exactly ``keys`` as the ones the user set. A recipe rebuilt from a full dict (a tuning
+    trial) counts every key as set, and ``augment.preset: auto`` would then fill nothing."""
+    recipe.__dict__["_given"] = frozenset(keys)
+
+
 def _leaf_paths(raw: Any, prefix: str = "") -> list[str]:
     if not isinstance(raw, dict):
         return []

@@ -38,7 +38,7 @@ import yaml
 from astrocli.checkpoint import atomic_write_bytes, atomic_write_text
 from astrocli.engine.loggers import Callback, has_module, missing_extra_message, parent_run
 from astrocli.errors import AstroError, RecipeError, first_line
-from astrocli.recipe import Recipe, load_recipe, recipe_from_dict
+from astrocli.recipe import Recipe, given_keys, load_recipe, recipe_from_dict, set_given
 
 # train.select_metric -> the epoch-row key it is read from, and which way is better.
 METRIC_KEYS = {
@@ -107,6 +107,15 @@ def with_values(base: Mapping[str, Any], values: Mapping[str, Any]) -> Recipe:
             node = child
         node[leaf] = value
     return recipe_from_dict(raw)
+
+
+def recipe_for_trial(base_recipe: Recipe, values: Mapping[str, Any]) -> Recipe:
+    """The trial's recipe: ``base_recipe`` with the suggested ``values``. The values count as set and
+    the rest as the user left it, so ``augment.preset: auto`` fills what the recipe left out from the
+    data, as ``astro train`` would (rebuilt from the full dict, every key would count as set)."""
+    recipe = with_values(base_recipe.to_dict(), values)
+    set_given(recipe, given_keys(base_recipe) | set(values))
+    return recipe
 
 
 def _schema_type(key: str) -> Any:
@@ -400,7 +409,7 @@ def run_tune(
         from astrocli.engine import train
 
         values = {p.key: p.suggest(trial) for p in params}
-        trial_recipe = with_values(base, values)
+        trial_recipe = recipe_for_trial(base_recipe, values)
         trial_recipe.output.dir, trial_recipe.output.name = str(tune_dir), f"trial{trial.number}"
         pruning = PruningCallback(trial, key, direction)
         run_dir = train(trial_recipe, log="quiet", callbacks=[pruning])

@@ -253,3 +253,20 @@ def test_bench_runs_shows_cv_means_with_error_bars(two_cvs: tuple[Path, Path, di
     assert runs[0].top1_ci95 == report["metrics"]["top1"]["ci95"] and runs[0].params
     png = plot_scaling(runs, tmp_path / "scaling.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_each_fold_keeps_the_keys_the_user_set_so_auto_fills_the_rest() -> None:
+    """A fold's recipe is a copy that remembers which keys the user set: with ``augment.preset: auto``
+    a short recipe gets batch size, crop and lr from each fold's data, as ``astro train`` would."""
+    from astrocli.defaults import DataFacts, resolve_defaults
+    from astrocli.recipe import given_keys
+
+    base = load_recipe(None, ["model.name=cct_2_3x2_32", "data.source=digits", "train.epochs=3"])
+    run = cv.plan_runs(folds=2, repeats=1, seeds=1)[0]
+    fold_recipe = cv.run_recipe(base, run)
+    assert given_keys(fold_recipe) == given_keys(base)
+    assert "train.batch_size" not in given_keys(fold_recipe)
+    facts = DataFacts(img_size=32, in_chans=1, num_images=50, num_classes=10, grayscale=True, source="digits")
+    resolved, _ = resolve_defaults(fold_recipe, facts)
+    assert resolved.train.batch_size == 8  # 50 images: the auto rule's 8 steps an epoch, not 128
+    assert resolved.augment.crop == "pad_crop" and resolved.train.epochs == 3

@@ -255,3 +255,17 @@ def test_an_interrupted_trial_is_marked_failed_and_the_study_continues(
     assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
     assert result.best_yaml is not None and result.best_yaml.is_file()
     assert any("importance.png skipped" in note for note in result.notes)  # one finished trial
+
+
+def test_a_trial_keeps_the_keys_the_user_set_so_auto_fills_the_rest() -> None:
+    from astrocli.defaults import DataFacts, resolve_defaults
+    from astrocli.recipe import given_keys
+    from astrocli.tune import recipe_for_trial
+
+    base = load_recipe(None, ["model.name=cct_2_3x2_32", "data.source=digits", "train.epochs=3"])
+    trial = recipe_for_trial(base, {"train.lr": 3e-3})
+    assert given_keys(trial) == given_keys(base) | {"train.lr"}
+    facts = DataFacts(img_size=32, in_chans=1, num_images=50, num_classes=10, grayscale=True, source="digits")
+    resolved, _ = resolve_defaults(trial, facts)
+    assert resolved.train.lr == 3e-3  # the trial's value is kept
+    assert resolved.train.batch_size == 8 and resolved.augment.crop == "pad_crop"  # the rest from the data
