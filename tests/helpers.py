@@ -15,6 +15,56 @@ from astrocli.models import create_model
 from astrocli.recipe import Recipe
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread for the test (tiny models run no faster on more, and parallel test runs
+    share the cores). Autouse in every test module that imports it: ``from helpers import one_thread``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def as_overrides(values: dict[str, object], **extra: object) -> list[str]:
+    """``KEY=VALUE`` overrides from ``values``, with ``extra`` (dotted keys as ``**{"train.lr": 1e-3}``)
+    replacing or adding keys."""
+    return [f"{k}={v}" for k, v in {**values, **extra}.items()]
+
+
+# resnet20 on 8-px digits for 2 epochs of 3 steps: the smallest real training run.
+TINY_DIGITS_RUN: dict[str, object] = {
+    "data.source": "digits",
+    "data.img_size": 8,
+    "data.num_workers": 0,
+    "data.pipeline": "loader",
+    "data.val_fraction": 0.03,
+    "model.name": "resnet20",
+    "train.epochs": 2,
+    "train.batch_size": 8,
+    "train.max_steps_per_epoch": 3,
+    "train.device": "cpu",
+    "train.warmup_epochs": 1,
+}
+
+# Overrides on the quickstart recipe for the logger and tuning tests: the same tiny run, batch 16.
+SHORT_QUICKSTART: dict[str, object] = {
+    "data.img_size": 8,
+    "data.pipeline": "loader",
+    "data.val_fraction": 0.05,
+    "model.name": "resnet20",
+    "train.epochs": 2,
+    "train.batch_size": 16,
+    "train.max_steps_per_epoch": 3,
+    "train.warmup_epochs": 0,
+}
+
+
+def tiny_digits_overrides(out: Path, name: str = "run", **extra: object) -> list[str]:
+    """:data:`TINY_DIGITS_RUN` quietly into ``out/name``, without plots."""
+    where = {"output.dir": str(out), "output.name": name, "output.log": "quiet", "output.plots": False}
+    return as_overrides({**TINY_DIGITS_RUN, **where}, **extra)
+
+
 def run_astro(
     args: list, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> tuple[int, str, str]:

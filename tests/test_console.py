@@ -19,9 +19,8 @@ import warnings
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
-from helpers import make_checkpoint, run_astro
+from helpers import make_checkpoint, one_thread, run_astro, tiny_digits_overrides  # noqa: F401 (autouse fixture)
 from rich.console import Console
 
 from astrocli import bench
@@ -35,15 +34,6 @@ from astrocli.recipe import load_recipe
 REPO = Path(__file__).resolve().parents[1]
 PYTORCH = ("torch", "torchvision", "timm")
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are so small that a second intra-op thread only adds contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,25 +164,7 @@ def test_position_words_are_shared() -> None:
 
 
 def digits_overrides(out: Path, name: str, **extra: object) -> list[str]:
-    values: dict[str, object] = {
-        "data.source": "digits",
-        "data.img_size": 8,
-        "data.num_workers": 0,
-        "data.pipeline": "loader",
-        "data.val_fraction": 0.03,
-        "model.name": "resnet20",
-        "train.epochs": 2,
-        "train.batch_size": 8,
-        "train.max_steps_per_epoch": 3,
-        "train.device": "cpu",
-        "train.warmup_epochs": 1,
-        "output.dir": str(out),
-        "output.name": name,
-        "output.log": "quiet",
-        "output.plots": False,
-    }
-    values.update(extra)
-    return [f"{k}={v}" for k, v in values.items()]
+    return tiny_digits_overrides(out, name, **extra)
 
 
 def jsonl_events(text: str) -> list[dict]:

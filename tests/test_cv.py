@@ -16,8 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from helpers import run_astro
+from helpers import one_thread, run_astro  # noqa: F401 (autouse fixture)
 
 from astrocli import cv
 from astrocli.compare import compare_paths
@@ -27,14 +26,6 @@ from astrocli.engine import TrainingInterrupted
 from astrocli.errors import AstroError, DataError
 from astrocli.recipe import load_recipe
 from astrocli.stats import paired_difference, parse_target_percent, t_interval, where_in_interval
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def cv_overrides(out: Path, root: Path, **extra: object) -> list[str]:

@@ -20,7 +20,7 @@ import pytest
 import timm
 import torch
 import yaml
-from helpers import run_astro
+from helpers import one_thread, run_astro  # noqa: F401 (autouse fixture)
 from safetensors.torch import load_file, save_file
 from timm.layers import resample_abs_pos_embed
 
@@ -32,14 +32,6 @@ from astrocli.recipe import load_recipe
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 HUB_MEAN, HUB_STD = [0.41, 0.42, 0.43], [0.21, 0.22, 0.23]  # distinct from ImageNet's, to see them used
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import torch
-from helpers import run_astro
+from helpers import SHORT_QUICKSTART, as_overrides, one_thread, run_astro  # noqa: F401 (autouse fixture)
 
 from astrocli.engine import train
 from astrocli.engine.loggers import LoggerGroup, build_loggers, flatten, parent_run
@@ -29,29 +28,8 @@ from astrocli.recipe import load_recipe
 MLFLOW = Path(sys.executable).with_name("mlflow")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_overrides(out: Path, **extra: object) -> list[str]:
-    values: dict[str, object] = {
-        "data.img_size": 8,
-        "data.pipeline": "loader",
-        "data.val_fraction": 0.05,
-        "model.name": "resnet20",
-        "train.epochs": 2,
-        "train.batch_size": 16,
-        "train.max_steps_per_epoch": 3,
-        "train.warmup_epochs": 0,
-        "output.dir": str(out),
-        "output.log": "quiet",
-    }
-    values.update(extra)
-    return [f"{k}={v}" for k, v in values.items()]
+    return as_overrides({**SHORT_QUICKSTART, "output.dir": str(out), "output.log": "quiet"}, **extra)
 
 
 def _free_port() -> int:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import make_checkpoint, run_astro
+from helpers import make_checkpoint, one_thread, run_astro  # noqa: F401 (autouse fixture)
 from sklearn.metrics import balanced_accuracy_score, f1_score
 
 from astrocli.checkpoint import read_tensors
@@ -24,14 +24,6 @@ from astrocli.engine import train
 from astrocli.engine.trainer import Trainer
 from astrocli.metrics import balanced_accuracy, confusion_matrix, macro_f1
 from astrocli.recipe import load_recipe
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny(out: Path, root: Path, name: str, **extra: object):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import one_thread, tiny_digits_overrides  # noqa: F401 (autouse fixture)
 
 from astrocli.checkpoint import load_checkpoint, read_tensors
 from astrocli.engine import NonFiniteLoss, TrainingInterrupted, train
@@ -26,36 +27,9 @@ from astrocli.recipe import load_recipe
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are so small that a second intra-op thread only adds contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_overrides(out: Path, name: str = "run", **extra: object) -> list[str]:
     """A recipe that trains resnet20 on 8-px digits for 2 short epochs, quietly, on the CPU."""
-    values: dict[str, object] = {
-        "data.source": "digits",
-        "data.img_size": 8,
-        "data.num_workers": 0,
-        "data.pipeline": "loader",
-        "data.val_fraction": 0.03,
-        "model.name": "resnet20",
-        "train.epochs": 2,
-        "train.batch_size": 8,
-        "train.max_steps_per_epoch": 3,
-        "train.device": "cpu",
-        "train.warmup_epochs": 1,
-        "output.dir": str(out),
-        "output.name": name,
-        "output.log": "quiet",
-        "output.plots": False,
-    }
-    values.update(extra)
-    return [f"{k}={v}" for k, v in values.items()]
+    return tiny_digits_overrides(out, name, **extra)
 
 
 def tiny_recipe(out: Path, name: str = "run", **extra: object):

@@ -12,8 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-from helpers import run_astro
+from helpers import SHORT_QUICKSTART, as_overrides, one_thread, run_astro  # noqa: F401 (autouse fixture)
 
 from astrocli.errors import AstroError
 from astrocli.recipe import load_recipe
@@ -25,31 +24,11 @@ REPO = Path(__file__).resolve().parents[1]
 SPACE = "train.lr: {low: 1e-3, high: 1e-2, log: true}\ntrain.weight_decay: {low: 0.01, high: 0.1}\n"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_overrides(out: Path, **extra: object) -> list[str]:
-    values: dict[str, object] = {
-        "data.img_size": 8,
-        "data.pipeline": "loader",
-        "data.val_fraction": 0.05,
-        "model.name": "resnet20",
-        "train.epochs": 2,
-        "train.batch_size": 16,
-        "train.max_steps_per_epoch": 3,
-        "train.warmup_epochs": 0,
-        "train.lr": 3e-3,
-        "train.select_metric": "loss",
-        "output.dir": str(out),
-        "output.plots": False,
-    }
-    values.update(extra)
-    return [f"{k}={v}" for k, v in values.items()]
+    where = {"output.dir": str(out), "output.plots": False}
+    return as_overrides(
+        {**SHORT_QUICKSTART, "train.lr": 3e-3, "train.select_metric": "loss", **where}, **extra
+    )
 
 
 def write_space(tmp_path: Path, text: str = SPACE) -> Path:
