@@ -189,13 +189,15 @@ def collect_logits(model: Any, batches: Any, device: Any, amp_dtype: Any = None)
 def calibrate_after_training(trainer: Any) -> dict[str, float] | None:
     """Fit ``T`` for the run's ``best`` and ``last`` checkpoints on the validation split and write it.
 
-    Returns the best checkpoint's summary (``temperature``, ``ece``, ``ece_calibrated``), or None
-    when there is nothing to calibrate. Every rank takes part (the logits are gathered).
+    The logits come from the trainer's own last evaluations (``trainer.val_logits``) when it kept
+    them for exactly these weights, so usually no extra pass over the split runs; otherwise the
+    checkpoint is evaluated here. Returns the best checkpoint's summary (``temperature``, ``ece``,
+    ``ece_calibrated``), or None when there is nothing to calibrate. Every rank takes part (the
+    logits are gathered).
     """
     import torch
 
-    from astrocli.checkpoint import load_checkpoint
-    from astrocli.engine.build import build_model
+    from astrocli.engine import distributed as ddp
 
     run_dir = trainer.run_dir
     if len(trainer.eval_batches) == 0:
@@ -204,19 +206,9 @@ def calibrate_after_training(trainer: Any) -> dict[str, float] | None:
     for name in ("best", "last"):
         path = run_dir / f"{name}.safetensors"
         exists = torch.tensor(float(path.is_file()), device=trainer.device)
-        from astrocli.engine import distributed as ddp
-
         if ddp.all_reduce_sum(exists).item() < trainer.dist.world_size:
             continue
-        if name == "last":
-            model = trainer.model
-        else:
-            state_dict, _ = load_checkpoint(path)
-            # load_weights=False: the checkpoint's weights replace them (no pretrained fetch again)
-            model = build_model(trainer.recipe, trainer.bundle.num_classes, load_weights=False)
-            model = model.to(trainer.device)
-            model.load_state_dict(state_dict)
-        logits, targets = collect_logits(model, trainer.eval_batches, trainer.device, trainer.amp_dtype)
+        logits, targets = _validation_logits(trainer, name, path)
         if len(targets) == 0:
             return None
         summary = calibration_summary(logits, targets, fit_temperature(logits, targets))
@@ -225,6 +217,26 @@ def calibrate_after_training(trainer: Any) -> dict[str, float] | None:
             ece = {k: v for k, v in summary.items() if k != "temperature"}
             write_temperature(path, summary["temperature"], ece)
     return results.get("best") or results.get("last")
+
+
+def _validation_logits(trainer: Any, name: str, path: Any) -> tuple[Any, Any]:
+    """``best``/``last``'s validation logits and targets (CPU, gathered over ranks): the ones the
+    trainer kept, when they belong to these weights, else a pass over the split."""
+    kept = trainer.val_logits.get("best" if name == "best" else "model")
+    if kept is not None and (name == "best" or kept.global_step == trainer.progress.global_step):
+        return _gather(kept.logits).double().cpu(), _gather(kept.targets).cpu()
+    if name == "last":
+        model = trainer.model
+    else:
+        from astrocli.checkpoint import load_checkpoint
+        from astrocli.engine.build import build_model
+
+        state_dict, _ = load_checkpoint(path)
+        # load_weights=False: the checkpoint's weights replace them (no pretrained fetch again)
+        model = build_model(trainer.recipe, trainer.bundle.num_classes, load_weights=False)
+        model = model.to(trainer.device)
+        model.load_state_dict(state_dict)
+    return collect_logits(model, trainer.eval_batches, trainer.device, trainer.amp_dtype)
 
 
 # -------------------------------------------------------------------------------------------------

@@ -10,6 +10,12 @@ epoch.
 Determinism: the sampler shuffles by ``seed + epoch`` and every epoch's worker seeds come from a
 generator seeded by :func:`~astrocli.data.batches.epoch_seed` ``(seed, epoch, rank)``, so an epoch's
 data does not depend on what ran before it (which is what makes resume exact at epoch boundaries).
+
+The training loader keeps its worker processes across epochs (``persistent_workers``): starting
+them, and importing torch in each, cost seconds per epoch. The sampler hands each worker the epoch
+with every index (:class:`_EpochSampler`), and a worker that sees a new pass re-seeds itself as a
+fresh worker of that epoch would have been seeded (:func:`epoch_worker_seed`), so the images are
+the same as with new workers every epoch.
 """
 
 from __future__ import annotations
@@ -29,18 +35,36 @@ if TYPE_CHECKING:
 
 
 class TransformedDataset(Dataset):
-    """Apply ``transform`` to the image of each ``(image, label)`` item of ``dataset``."""
+    """Apply ``transform`` to the image of each ``(image, label)`` item of ``dataset``.
+
+    An index may come as ``(pass, seed, index)`` from :class:`_EpochSampler`: a worker re-seeds its
+    generators when the pass changes (new epoch, or a new iteration of the same one).
+    """
 
     def __init__(self, dataset: Any, transform: Callable[[Any], torch.Tensor]) -> None:
         self.dataset = dataset
         self.transform = transform
+        self.current_pass: int | None = None  # per worker process: each has its own copy
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int | tuple[int, int, int]) -> tuple[torch.Tensor, int]:
+        if isinstance(index, tuple):
+            pass_id, base_seed, index = index
+            if pass_id != self.current_pass:
+                self.current_pass = pass_id
+                info = torch.utils.data.get_worker_info()
+                seed_generators(base_seed + (info.id if info is not None else 0))
         image, label = self.dataset[index]
         return self.transform(image), int(label)
+
+
+def seed_generators(seed: int) -> None:
+    """Seed torch, numpy and ``random`` as a DataLoader worker with this seed is after :func:`seed_worker`."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed % 2**32)
 
 
 def seed_worker(worker_id: int) -> None:
@@ -48,6 +72,37 @@ def seed_worker(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
+
+
+def epoch_worker_seed(seed: int, epoch: int, rank: int) -> int:
+    """The base seed a new DataLoader seeded by ``epoch_seed(seed, epoch, rank)`` gives its workers
+    (worker ``i`` gets base + i): the first int64 that DataLoader draws from its generator."""
+    generator = torch.Generator()
+    generator.manual_seed(epoch_seed(seed, epoch, rank))
+    return int(torch.empty((), dtype=torch.int64).random_(generator=generator).item())
+
+
+class _EpochSampler(torch.utils.data.Sampler):
+    """Yields ``(pass, base_seed, index)`` for the indices of ``sampler`` after the first ``skip``:
+    persistent workers learn from it when a new pass starts and which seed it has."""
+
+    def __init__(self, sampler: torch.utils.data.Sampler) -> None:
+        self.sampler = sampler
+        self.skip = 0
+        self.base_seed = 0
+        self.passes = 0
+
+    def start(self, base_seed: int, skip: int) -> None:
+        self.base_seed, self.skip = base_seed, skip
+        self.passes += 1
+
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:
+        for position, index in enumerate(self.sampler):
+            if position >= self.skip:
+                yield (self.passes, self.base_seed, index)
+
+    def __len__(self) -> int:
+        return max(0, len(self.sampler) - self.skip)
 
 
 class _SkipSampler(torch.utils.data.Sampler):
@@ -84,6 +139,9 @@ class LoaderBatches:
         balanced: draw classes equally often (``data.sampler: balanced``) instead of a shuffle.
     """
 
+    #: keep the worker processes across epochs (same images as new workers per epoch; tests compare)
+    persistent_workers = True
+
     def __init__(
         self,
         dataset: Any,
@@ -112,6 +170,8 @@ class LoaderBatches:
         self.num_workers = num_workers
         self.epoch = 0
         self.skip_batches = 0
+        self._kept_loader: DataLoader | None = None  # with workers: built once, workers kept
+        self._epoch_sampler: _EpochSampler | None = None
         data = TransformedDataset(dataset, transform)
         if train:
             # DistributedSampler also serves a world of one: it shuffles by seed + epoch, not by the
@@ -151,11 +211,30 @@ class LoaderBatches:
             self.mixup.mixup_enabled = False
 
     def _loader(self) -> DataLoader:
+        """This epoch's DataLoader: with worker processes, one kept for the whole run (the sampler
+        tells the workers the epoch's seed); without, a new one per epoch (loading happens in this
+        process, under its own seeded generators)."""
+        if self.num_workers > 0 and self.persistent_workers:
+            return self._persistent_loader()
         generator = torch.Generator()
         generator.manual_seed(epoch_seed(self.seed, self.epoch, self.rank))  # seeds the workers
         sampler = self.sampler
         if sampler is not None and self.skip_batches:
             sampler = _SkipSampler(sampler, self.skip_batches * self.batch_size)
+        return self._data_loader(sampler, generator, persistent=False)
+
+    def _persistent_loader(self) -> DataLoader:
+        if self._kept_loader is None:
+            self._epoch_sampler = _EpochSampler(self.sampler) if self.sampler is not None else None
+            self._kept_loader = self._data_loader(self._epoch_sampler, None, persistent=True)
+        if self._epoch_sampler is not None:
+            base_seed = epoch_worker_seed(self.seed, self.epoch, self.rank)
+            self._epoch_sampler.start(base_seed, self.skip_batches * self.batch_size)
+        return self._kept_loader
+
+    def _data_loader(
+        self, sampler: torch.utils.data.Sampler | None, generator: torch.Generator | None, persistent: bool
+    ) -> DataLoader:
         return DataLoader(
             self.dataset,
             batch_size=self.batch_size,
@@ -164,7 +243,7 @@ class LoaderBatches:
             drop_last=self.drop_last,
             num_workers=self.num_workers,
             pin_memory=self.device.type == "cuda",
-            persistent_workers=False,
+            persistent_workers=persistent,
             worker_init_fn=seed_worker,
             generator=generator,
         )

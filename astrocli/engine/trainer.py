@@ -59,6 +59,9 @@ if TYPE_CHECKING:
     from astrocli.data.sources import DatasetBundle
 
 LOG_EVERY = 10  # host syncs (loss.item(), NaN check) once per this many steps, not every step
+# Validation logits kept for calibration after training (instead of a second pass over the split)
+# only while they are small: at most this many floats per process.
+KEEP_LOGITS_MAX = 2**24
 
 StepHook = Callable[["Trainer", int, int], None]  # (trainer, epoch, step) before each step; for tests
 
@@ -95,6 +98,15 @@ class EpochMeter:
 
     def seconds(self) -> float:
         return time.perf_counter() - self.start
+
+
+@dataclass(frozen=True)
+class ValLogits:
+    """This process's validation logits and targets (on the device) after ``global_step`` updates."""
+
+    logits: torch.Tensor
+    targets: torch.Tensor
+    global_step: int
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,6 +148,9 @@ class Trainer:
     stop_signal: int | None = None  # SIGINT/SIGTERM received: stop after this step
     calibration: dict[str, float] | None = None
     first_step_announced: bool = False
+    # The validation logits of the latest evaluation of each weights ("model", "ema") and of the
+    # best checkpoint's, with the global step they were taken at: calibration reuses them.
+    val_logits: dict[str, ValLogits] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._set_frozen(self.progress.epoch)
@@ -380,13 +395,18 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(
-        self, model: nn.Module, batches: BatchSource | None = None, prefix: str = "val_"
+        self,
+        model: nn.Module,
+        batches: BatchSource | None = None,
+        prefix: str = "val_",
+        keep: str | None = None,
     ) -> dict[str, float]:
         """Loss, top-1, top-5, macro-F1 and balanced accuracy (percent) over the whole held-out set
         (``batches``, default the validation batches), summed over ranks; keys start with ``prefix``.
 
         The confusion matrix is accumulated on the device (one bincount per batch, no host sync) and
-        summed across ranks like the other totals.
+        summed across ranks like the other totals. ``keep`` names the weights whose logits are kept
+        in ``val_logits`` (when small) for the calibration after training.
         """
         from astrocli.metrics import balanced_accuracy, macro_f1
 
@@ -397,9 +417,17 @@ class Trainer:
         batches = self.eval_batches if batches is None else batches
         label = "testing" if prefix == "test_" else "validating" if model is self.model else "validating EMA"
         self.console.task_begin(label, len(batches))
+        kept: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        if keep:  # the same choice on every rank: it bounds the whole split
+            self.val_logits.pop(keep, None)
+            images = len(batches) * self.recipe.train.batch_size * self.dist.world_size
+            small = images * num_classes <= KEEP_LOGITS_MAX
+            kept = [] if small else None
         for done, (images, targets) in enumerate(batches, 1):
             with self._autocast():
                 logits = model(images).float()
+            if kept is not None:
+                kept.append((logits, targets))
             top = logits.topk(min(5, logits.shape[1]), dim=1).indices
             hits = top.eq(targets[:, None])
             confusion += torch.bincount(
@@ -415,6 +443,9 @@ class Trainer:
             )
             self.console.task_update(done)
         self.console.task_end()
+        if keep and kept:
+            logits, targets = torch.cat([k[0] for k in kept]), torch.cat([k[1] for k in kept])
+            self.val_logits[keep] = ValLogits(logits, targets, self.progress.global_step)
         totals = ddp.all_reduce_sum(totals)
         matrix = ddp.all_reduce_sum(confusion).view(num_classes, num_classes).cpu().numpy()
         n = totals[3].clamp(min=1)
@@ -456,16 +487,19 @@ class Trainer:
 
     def _evaluate_and_select(self, epoch: int, row: dict[str, Any]) -> bool:
         """Evaluate the model (and the EMA) into ``row``; save ``best`` when the better of them beats it."""
-        row.update(self.evaluate(self.model))
+        row.update(self.evaluate(self.model, keep="model"))
         candidates = [("model", self.model, row)]
         if self.ema is not None:
-            ema_metrics = self.evaluate(self.ema.module)
+            ema_metrics = self.evaluate(self.ema.module, keep="ema")
             row["ema_top1"] = ema_metrics["val_top1"]
             candidates.append(("ema", self.ema.module, ema_metrics))
         weights, module, metrics = max(candidates, key=lambda c: self.selection_score(c[2]))
         is_best = self._update_best(metrics, weights, epoch)
         if is_best:
             self._save_model("best.safetensors", module, weights, epoch, metrics)
+            self.val_logits.pop("best", None)
+            if weights in self.val_logits:
+                self.val_logits["best"] = self.val_logits[weights]
         return is_best
 
     def _update_best(self, metrics: dict[str, Any], weights: str, epoch: int) -> bool:

@@ -1,0 +1,125 @@
+"""Issue 21's speed work: loader workers kept across epochs (same images, exact resume), the
+calibration that reuses the last evaluation's logits, and the automatic memory format."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import one_thread, tiny_digits_overrides  # noqa: F401 (autouse fixture)
+
+from astrocli.checkpoint import load_checkpoint, read_tensors
+from astrocli.data.loader import LoaderBatches
+from astrocli.engine import TrainingInterrupted, train
+from astrocli.recipe import load_recipe
+
+
+def noisy(image: torch.Tensor) -> torch.Tensor:
+    """A transform that draws from torch, numpy and ``random`` (as timm's augmentations do)."""
+    return image + torch.rand(1) + float(np.random.rand()) + random.random()
+
+
+def epochs_of(source: LoaderBatches, plan: list[tuple[int, int, int | None]]) -> list[torch.Tensor]:
+    """The batches of ``(epoch, skip, stop_after)`` passes (a stop leaves prefetched work behind)."""
+    seen = []
+    for epoch, skip, stop in plan:
+        source.set_epoch(epoch, skip_batches=skip)
+        for i, (images, _) in enumerate(source):
+            seen.append(images)
+            if stop is not None and i + 1 == stop:
+                break
+    return seen
+
+
+def test_persistent_workers_give_the_images_of_new_workers_per_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
+    dataset = [(torch.full((1, 2, 2), float(i)), i % 3) for i in range(24)]
+
+    def source() -> LoaderBatches:
+        return LoaderBatches(dataset, noisy, 4, torch.device("cpu"), train=True, seed=3, num_workers=2)
+
+    # epoch 0 whole, epoch 1 stopped after 2 batches, epoch 2 resumed after 3 batches, epoch 0 again
+    plan = [(0, 0, None), (1, 0, 2), (2, 3, None), (0, 0, None)]
+    kept = source()
+    persistent = epochs_of(kept, plan)
+    assert kept._kept_loader is not None and kept._kept_loader._iterator is not None  # workers alive
+    monkeypatch.setattr(LoaderBatches, "persistent_workers", False)
+    fresh_source = source()
+    fresh = epochs_of(fresh_source, plan)
+    assert fresh_source._kept_loader is None
+    assert len(persistent) == len(fresh) == 6 + 2 + 3 + 6
+    for a, b in zip(persistent, fresh, strict=True):
+        assert torch.equal(a, b)
+    assert not torch.equal(persistent[0], persistent[6])  # epochs differ: the seeds do change
+    assert torch.equal(persistent[0], persistent[-6])  # and the same epoch repeats exactly
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return read_tensors(path)[0]
+
+
+def _same_weights(a: Path, b: Path) -> None:
+    ta, tb = _weights(a), _weights(b)
+    assert ta.keys() == tb.keys()
+    for key in ta:
+        assert torch.equal(ta[key], tb[key]), key
+
+
+def test_persistent_workers_train_the_same_weights_and_resume_exactly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    features = {
+        "data.num_workers": 2,
+        "augment.auto_augment": "rand-m9-mstd0.5",
+        "augment.mixup": 0.8,
+        "train.max_steps_per_epoch": 2,
+    }
+
+    def recipe(name: str):  # noqa: ANN202
+        return load_recipe(None, tiny_digits_overrides(tmp_path, name, **features))
+
+    kept = train(recipe("kept"))
+
+    def stop_at_epoch_end(trainer, epoch: int, step: int) -> None:  # noqa: ANN001
+        if (epoch, step) == (0, 1):
+            import signal
+
+            trainer.stop_signal = signal.SIGTERM
+
+    with pytest.raises(TrainingInterrupted):
+        train(recipe("split"), step_hook=stop_at_epoch_end)
+    train(resume_dir=tmp_path / "split")
+    monkeypatch.setattr(LoaderBatches, "persistent_workers", False)
+    fresh = train(recipe("fresh"))
+    for name in ("last.safetensors", "best.safetensors"):
+        _same_weights(kept / name, fresh / name)
+        _same_weights(kept / name, tmp_path / "split" / name)
+    assert load_checkpoint(kept / "last.safetensors")[1].epoch == 2
+
+
+def test_calibration_reuses_the_last_evaluation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No extra pass over the validation split after training: the temperatures come from the logits
+    the last evaluations kept, and equal a fresh pass over the checkpoints' weights."""
+    import astrocli.calibration as calibration
+    from astrocli.data import build_datasets
+    from astrocli.data.pipeline import build_eval_batches
+    from astrocli.engine.build import build_model
+
+    passes = []
+    collect = calibration.collect_logits
+    monkeypatch.setattr(calibration, "collect_logits", lambda *a, **k: passes.append(1) or collect(*a, **k))
+    overrides = tiny_digits_overrides(tmp_path, "cal", **{"train.calibrate": True, "data.val_fraction": 0.1})
+    run = train(load_recipe(None, overrides))
+    assert passes == []
+    recipe = load_recipe(run / "recipe.yaml")
+    bundle = build_datasets(recipe.data)
+    batches = build_eval_batches(bundle.val, recipe, torch.device("cpu"), mean=bundle.mean, std=bundle.std)
+    for name in ("best", "last"):
+        state, meta = load_checkpoint(run / f"{name}.safetensors")
+        model = build_model(recipe, bundle.num_classes, load_weights=False)
+        model.load_state_dict(state)
+        logits, targets = collect(model, batches, torch.device("cpu"))
+        expected = calibration.fit_temperature(logits, targets)
+        assert meta.temperature == pytest.approx(expected, rel=1e-6)
