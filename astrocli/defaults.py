@@ -372,11 +372,76 @@ def attention_warning(model: Any, img_size: int, name: str) -> str | None:
     )
 
 
+# ``train.channels_last: auto`` on the CPU: the model families whose training step is faster in
+# channels-last memory format, by the model-name prefix. benchmarks/memory_format.py measures it
+# and says whether this table still holds (docs/performance.md has the figures). A family not
+# listed, and every model on a GPU (not measured yet), trains contiguous, as before 0.4.0.
+CHANNELS_LAST_CPU: dict[str, bool] = {
+    "resnet": True,  # the CIFAR ResNets and ResNet-18/34: convolutions only (resnet20: 1.24x)
+    "cct_": True,  # the convolutional tokenizer is most of the work at 32 px (cct_2_3x2_32: 1.34x)
+    "mobilenetv2": True,  # depthwise convolutions (mobilenetv2_050: 1.8x)
+    "cvt_": False,  # a patch embedding, then transformer blocks: no difference (cvt_2_4_32)
+    "vit_lite_": False,  # the same (vit_lite_2_4_32)
+}
+
+
+def channels_last_on_cpu(model_name: str) -> bool:
+    """Whether :data:`CHANNELS_LAST_CPU` says ``model_name`` trains faster channels-last on a CPU."""
+    prefixes = [p for p in CHANNELS_LAST_CPU if model_name.startswith(p)]
+    return CHANNELS_LAST_CPU[max(prefixes, key=len)] if prefixes else False
+
+
+def resolve_channels_last(recipe: Recipe, device_type: str | None) -> tuple[Recipe, str | None]:
+    """``train.channels_last: auto`` made true or false for this model on ``device_type`` ("cpu",
+    "cuda"; None: not known, left auto), and the line saying so; a set value is kept. The recipe
+    records the choice, so a resumed run keeps it."""
+    if recipe.train.channels_last != "auto" or device_type is None:
+        return recipe, None
+    resolved = copy.deepcopy(recipe)
+    on = device_type == "cpu" and channels_last_on_cpu(recipe.model.name)
+    resolved.train.channels_last = on
+    where = "on the CPU" if device_type == "cpu" else f"on {device_type} (not measured there yet)"
+    why = (
+        "faster"
+        if on
+        else "not faster"
+        if device_type == "cpu" and _listed(recipe.model.name)
+        else "no figure"
+    )
+    line = (
+        f"train.channels_last auto -> {str(on).lower()} ({recipe.model.name} {where}: {why}, "
+        "benchmarks/memory_format.py)"
+    )
+    return resolved, line
+
+
+def _listed(model_name: str) -> bool:
+    return any(model_name.startswith(p) for p in CHANNELS_LAST_CPU)
+
+
 def resolve_for_print(recipe: Recipe) -> tuple[Recipe, list[str]]:
     """What ``astro train --print-recipe`` shows: the recipe with its data defaults filled, and the
     lines saying what was chosen (YAML comments). Reading the data is cheap (file lists, array
     headers; nothing is downloaded); when it is not readable here, the recipe is shown as written.
+    ``train.channels_last: auto`` is resolved for the device the run would use.
     """
+    resolved, lines = _data_defaults_for_print(recipe)
+    resolved, line = resolve_channels_last(resolved, _device_type(recipe.train.device))
+    return resolved, [*lines, *([line] if line else [])]
+
+
+def _device_type(spec: str) -> str | None:
+    """``cpu``/``cuda`` for ``train.device`` here, or None when it cannot be resolved here."""
+    from astrocli.devices import resolve_device
+    from astrocli.errors import AstroError
+
+    try:
+        return resolve_device(spec, option="train.device").type
+    except AstroError:
+        return None
+
+
+def _data_defaults_for_print(recipe: Recipe) -> tuple[Recipe, list[str]]:
     from astrocli.data import build_datasets
     from astrocli.errors import AstroError, first_line
 

@@ -133,7 +133,9 @@ class TrainConfig:
     grad_clip: float | None = None
     accum_steps: int = 1
     amp: Literal["auto", "bf16", "fp16", "none"] = "auto"  # auto: bf16 on a GPU that has it, else off
-    channels_last: bool = False
+    # channels-last memory format: auto = on where benchmarks/memory_format.py measured it faster
+    # (astrocli/defaults.py: CHANNELS_LAST_CPU); the run's recipe records what auto chose
+    channels_last: bool | Literal["auto"] = "auto"
     compile: bool = False
     ema: bool = False
     ema_decay: float = 0.9998

@@ -123,3 +123,57 @@ def test_calibration_reuses_the_last_evaluation(tmp_path: Path, monkeypatch: pyt
         logits, targets = collect(model, batches, torch.device("cpu"))
         expected = calibration.fit_temperature(logits, targets)
         assert meta.temperature == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("setting", "model", "device", "expected"),
+    [
+        ("auto", "resnet20", "cpu", True),  # the table says faster
+        ("auto", "cct_2_3x2_32", "cpu", False),  # the table says not faster
+        ("auto", "vit_lite_2_4_32", "cpu", False),  # not in the table: as before
+        ("auto", "resnet20", "cuda", False),  # not measured on a GPU
+        ("auto", "resnet20", None, "auto"),  # device unknown: left for the run to decide
+        (False, "resnet20", "cpu", False),  # a set value is kept
+        (True, "cct_2_3x2_32", "cpu", True),
+    ],
+)
+def test_channels_last_auto_follows_the_measured_table(
+    monkeypatch: pytest.MonkeyPatch, setting: object, model: str, device: str | None, expected: object
+) -> None:
+    import astrocli.defaults as defaults
+
+    monkeypatch.setattr(defaults, "CHANNELS_LAST_CPU", {"resnet": True, "cct_": False})
+    recipe = load_recipe(None, [f"model.name={model}", f"train.channels_last={str(setting).lower()}"])
+    resolved, line = defaults.resolve_channels_last(recipe, device)
+    assert resolved.train.channels_last == expected
+    assert (line is not None) == (setting == "auto" and device is not None)
+    assert recipe.train.channels_last == setting  # the input recipe is left alone
+
+
+def test_channels_last_auto_is_recorded_and_kept_on_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """auto trains the model and its batches channels-last where the table says so, writes the choice
+    into recipe.yaml and summary.json, and a resumed run keeps it even if the table has changed."""
+    import json
+    import signal
+
+    import astrocli.defaults as defaults
+
+    monkeypatch.setattr(defaults, "CHANNELS_LAST_CPU", {"resnet": True})
+    layouts = []
+
+    def hook(trainer, epoch: int, step: int) -> None:  # noqa: ANN001
+        conv = trainer.model.conv1.weight if hasattr(trainer.model, "conv1") else None
+        layouts.append(conv is not None and conv.is_contiguous(memory_format=torch.channels_last))
+        if (epoch, step) == (0, 2):
+            trainer.stop_signal = signal.SIGTERM
+
+    overrides = tiny_digits_overrides(tmp_path, "cl", **{"data.pipeline": "tensor"})
+    with pytest.raises(TrainingInterrupted):
+        train(load_recipe(None, overrides), step_hook=hook)
+    assert "channels_last: true" in (tmp_path / "cl" / "recipe.yaml").read_text()
+    monkeypatch.setattr(defaults, "CHANNELS_LAST_CPU", {"resnet": False})
+    run = train(resume_dir=tmp_path / "cl", step_hook=hook)
+    assert layouts and all(layouts)
+    assert json.loads((run / "summary.json").read_text())["channels_last"] is True

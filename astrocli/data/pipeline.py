@@ -96,7 +96,7 @@ def build_train_batches(
         num_workers=recipe.data.num_workers,
         mixup=mixup,
         mixup_off_epoch=recipe.augment.mixup_off_epoch,
-        channels_last=recipe.train.channels_last,
+        channels_last=recipe.train.channels_last is True,
         balanced=recipe.data.sampler == "balanced",
     )
 
@@ -147,5 +147,5 @@ def build_eval_batches(
         world_size=world_size,
         seed=recipe.train.seed,
         num_workers=recipe.data.num_workers,
-        channels_last=recipe.train.channels_last,
+        channels_last=recipe.train.channels_last is True,
     )

@@ -372,7 +372,7 @@ class _TensorSource:
         self._shift = torch.tensor([-m / s for m, s in zip(mean, std, strict=True)], device=self.device).view(
             1, -1, 1, 1
         )
-        self.channels_last = recipe.train.channels_last
+        self.channels_last = recipe.train.channels_last is True  # auto: resolved by the trainer
         self.epoch = 0
         self.skip_batches = 0
         self.mixup: Mixup | None = None  # a training source sets its batch mixer (BatchSource protocol)

@@ -218,7 +218,7 @@ class Trainer:
         images = torch.zeros(
             self.recipe.train.batch_size, d.in_chans, d.img_size, d.img_size, device=self.device
         )
-        if self.recipe.train.channels_last:
+        if self.recipe.train.channels_last is True:
             images = images.to(memory_format=torch.channels_last)
         buffers = {name: b.clone() for name, b in model.named_buffers()}
         no_sync = self.train_model.no_sync() if self.dist.is_distributed else contextlib.nullcontext()
@@ -680,6 +680,7 @@ class Trainer:
             "device": str(self.device),
             "world_size": self.dist.world_size,
             "compiled": bool(self.compiled),  # train.compile worked (False: eager, asked or not)
+            "channels_last": self.recipe.train.channels_last is True,  # what auto chose, or as set
             "run_dir": str(self.run_dir),
             **(self.calibration or {}),
         }
@@ -788,7 +789,7 @@ def _training_model(
     model = build_model(
         recipe, bundle.num_classes, load_weights=load_weights, log=lambda line: console.info(escape(line))
     ).to(device)
-    if recipe.train.channels_last:
+    if recipe.train.channels_last is True:  # "auto" is resolved before (_data_defaults)
         model = model.to(memory_format=torch.channels_last)
     too_few = attention_warning(model, recipe.data.img_size, recipe.model.name)
     if too_few:
@@ -814,14 +815,18 @@ def _load_bundle(recipe: Recipe, dist: ddp.DistInfo) -> DatasetBundle:
 
 
 def _data_defaults(
-    recipe: Recipe, bundle: DatasetBundle, dist: ddp.DistInfo, console: TrainConsole
+    recipe: Recipe, bundle: DatasetBundle, dist: ddp.DistInfo, console: TrainConsole, device: torch.device
 ) -> Recipe:
     """Fill the keys the recipe left out from the data (``augment.preset``; astrocli/defaults.py)
-    and print what was chosen. A resumed run's recipe is complete already: nothing changes."""
-    from astrocli.defaults import data_facts, describe, resolve_defaults
+    and the device (``train.channels_last: auto``), and print what was chosen. A resumed run's
+    recipe is complete already: nothing changes."""
+    from astrocli.defaults import data_facts, describe, resolve_channels_last, resolve_defaults
 
     resolved, choices = resolve_defaults(recipe, data_facts(bundle, recipe, dist.world_size))
     for line in describe(choices, resolved):
+        console.info(escape(line))
+    resolved, line = resolve_channels_last(resolved, device.type)
+    if line:
         console.info(escape(line))
     return resolved
 
@@ -894,7 +899,7 @@ def _prepare(
 ) -> Trainer:
     """Load the data, complete the recipe from it, write the run's header files, build the trainer."""
     bundle = _load_bundle(recipe, dist)
-    recipe = _data_defaults(recipe, bundle, dist, console)
+    recipe = _data_defaults(recipe, bundle, dist, console, device)
     if dist.is_main and resume is None:
         RunDir(path).write_header(recipe, bundle.class_names, bundle.mean, bundle.std, bundle.split_info)
     with report_progress(console):  # decoding the tensor cache shows a bar
