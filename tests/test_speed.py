@@ -44,7 +44,12 @@ def test_persistent_workers_give_the_images_of_new_workers_per_epoch(monkeypatch
     plan = [(0, 0, None), (1, 0, 2), (2, 3, None), (0, 0, None)]
     kept = source()
     persistent = epochs_of(kept, plan)
-    assert kept._kept_loader is not None and kept._kept_loader._iterator is not None  # workers alive
+    workers = kept._kept_loader._iterator._workers  # kept alive across the four passes
+    assert len(workers) == 2 and all(w.is_alive() for w in workers)
+    kept.close()  # what train() does at the end of a run
+    for w in workers:
+        w.join(timeout=10)
+    assert not any(w.is_alive() for w in workers)
     monkeypatch.setattr(LoaderBatches, "persistent_workers", False)
     fresh_source = source()
     fresh = epochs_of(fresh_source, plan)

@@ -223,6 +223,10 @@ class LoaderBatches:
             sampler = _SkipSampler(sampler, self.skip_batches * self.batch_size)
         return self._data_loader(sampler, generator, persistent=False)
 
+    def close(self) -> None:
+        """Stop the kept worker processes now (``astro cv`` and ``tune`` run many runs in one process)."""
+        self._kept_loader = None  # its iterator, the only owner of the workers, shuts them down
+
     def _persistent_loader(self) -> DataLoader:
         if self._kept_loader is None:
             self._epoch_sampler = _EpochSampler(self.sampler) if self.sampler is not None else None

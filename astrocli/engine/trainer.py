@@ -992,6 +992,7 @@ def train(
             "(extra epochs run at train.min_lr)"
         )
     guard = RunGuard(enabled=dist.is_main)  # lock, disk space, no debris from failed starts
+    trainer: Trainer | None = None
     try:
         path = _open_run_dir(recipe, guard, dist, device, resume_dir, exact_dir)
         trainer = _prepare(recipe, path, resume, dist, device, console, step_hook, loggers)
@@ -1002,6 +1003,8 @@ def train(
         guard.failed(exc)  # removes a new run dir with no checkpoint; a full disk says what is kept
         raise
     finally:
+        for source in (trainer.train_batches, trainer.eval_batches) if trainer else ():
+            getattr(source, "close", lambda: None)()  # the loader pipeline's kept workers
         console.close()  # no bar left on screen under the error line
         guard.release()
         ddp.shutdown_distributed()
