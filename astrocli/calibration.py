@@ -235,7 +235,7 @@ def calibrate_after_training(trainer: Any) -> dict[str, float] | None:
 def calibration_recipe(meta: Any, overrides: Sequence[str]) -> Any:
     """The checkpoint's recipe with ``overrides`` (e.g. a moved ``data.root``), except that the
     split is always the recipe's own held-out split: ``T`` is fitted on validation data only."""
-    from astrocli.evaluate import eval_recipe
+    from astrocli.inference.evaluate import eval_recipe
 
     kept = [o for o in overrides if o.partition("=")[0].strip() != "data.split"]
     return eval_recipe(meta, kept)
@@ -253,7 +253,7 @@ def calibrate_checkpoint(
             calibrated through its checkpoint, then exported again).
     """
     from astrocli.data import build_datasets
-    from astrocli.evaluate import _collect
+    from astrocli.inference.evaluate import _collect
 
     if runner.kind != "pytorch":
         raise AstroError(

@@ -66,7 +66,7 @@ class CheckpointMeta:
     weights: str = "model"
     epoch: int = 0
     metrics: dict[str, Any] = field(default_factory=dict)
-    # The float path (astrocli.science): None = take it from ``recipe['data']`` (older checkpoints).
+    # The float path (astrocli.images.arrays): None = take it from ``recipe['data']`` (older checkpoints).
     pixels: str | None = None
     scaling: str | None = None
     scaling_params: dict[str, float] | None = None

@@ -37,7 +37,7 @@ class ModelConfig:
     drop_rate: float = 0.0
     drop_path_rate: float | None = None  # None: the model's own default
     # Weights to start from: a .safetensors (.pth/.bin) file or folder, hf-hub:<org>/<name>, or timm
-    # (a timm/<name> model's default pretrained tag); see astrocli/pretrained.py
+    # (a timm/<name> model's default pretrained tag); see astrocli/models/pretrained.py
     pretrained: str | None = None
 
 
@@ -108,7 +108,7 @@ class AugmentConfig:
     label_smoothing: float = 0.0
     # Fills the keys a recipe leaves out (augmentation, lr, warmup, epochs) from what the data is:
     # auto (light, or strong for runs of 100+ epochs) | light | strong | none (fixed defaults;
-    # the paper recipes, which spell out their settings). Rules: astrocli/defaults.py
+    # the paper recipes, which spell out their settings). Rules: astrocli/data/defaults.py
     preset: Literal["auto", "none", "light", "strong"] = "auto"
 
 
@@ -294,7 +294,7 @@ def recipe_from_dict(raw: dict[str, Any]) -> Recipe:
     """Build a :class:`Recipe` from plain data, strictly: every key known, every value typed and in range.
 
     The recipe remembers which keys ``raw`` set (:func:`given_keys`): data-driven defaults
-    (astrocli/defaults.py) fill only the others.
+    (astrocli/data/defaults.py) fill only the others.
     """
     recipe = _build(Recipe, raw, "")
     check_ranges(recipe)

@@ -174,7 +174,7 @@ def endless(source):
 
 
 def forward_flops_per_image(model: torch.nn.Module, img_size: int) -> int:
-    from astrocli.bench import count_flops
+    from astrocli.models.cost import count_flops
 
     return count_flops(model, img_size)
 

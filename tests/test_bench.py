@@ -1,4 +1,4 @@
-"""`astro bench` and astrocli.bench: exact MAC counts, throughput output shape, runs and plots."""
+"""`astro bench` and astrocli.models.cost: exact MAC counts, throughput output shape, runs and plots."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ import yaml
 from torch import nn
 from typer.testing import CliRunner
 
-from astrocli import bench
 from astrocli.cli import app
 from astrocli.errors import AstroError
+from astrocli.models import cost as bench
 from astrocli.models import count_params, create_model
 
 runner = CliRunner()

@@ -23,10 +23,10 @@ import yaml
 from helpers import make_checkpoint, one_thread, run_astro, tiny_digits_overrides  # noqa: F401 (autouse fixture)
 from rich.console import Console
 
-from astrocli import bench
 from astrocli.engine import TrainingInterrupted, train
 from astrocli.engine.console import TrainConsole
 from astrocli.engine.state import RESUME_FILE, Progress, load_resume_state
+from astrocli.models import cost as bench
 from astrocli.models import create_model
 from astrocli.notices import SkipLog, SkippedImagesWarning, install_warning_printer, skipped_images_line
 from astrocli.recipe import load_recipe

@@ -12,7 +12,7 @@ import torch
 from helpers import run_astro
 
 from astrocli.data.balance import BalancedSampler, balanced_indices, class_weights, sample_weights
-from astrocli.defaults import (
+from astrocli.data.defaults import (
     DataFacts,
     attention_warning,
     data_facts,

@@ -158,7 +158,7 @@ def test_class_count_mismatch_is_one_line(cifar10_small, tmp_path, monkeypatch, 
 
 
 def test_onnx_model_evaluates_like_the_checkpoint(checkpoint, tmp_path, monkeypatch, capsys):
-    from astrocli.export import export_checkpoint
+    from astrocli.inference.export import export_checkpoint
 
     onnx_path = export_checkpoint(checkpoint, "onnx", output=tmp_path / "m.onnx", exporter="torchscript").path
     reports = {}

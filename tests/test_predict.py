@@ -150,7 +150,7 @@ def test_no_run_and_no_checkpoint_is_one_line(images, tmp_path, monkeypatch, cap
 
 
 def test_onnx_model_predicts_like_the_checkpoint(checkpoint, images, tmp_path, monkeypatch, capsys):
-    from astrocli.export import export_checkpoint
+    from astrocli.inference.export import export_checkpoint
 
     onnx_path = export_checkpoint(checkpoint, "onnx", output=tmp_path / "m.onnx", exporter="torchscript").path
     outs = {}

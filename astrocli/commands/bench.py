@@ -88,7 +88,7 @@ def _emit(text: str, output: Path | None) -> None:
 
 
 def _bench_runs(runs_dir: Path, plot: Path | None, fmt: OutputFormat, output: Path | None) -> None:
-    from astrocli.bench import plot_scaling, read_runs
+    from astrocli.models.cost import plot_scaling, read_runs
     from astrocli.output import make_console
 
     runs = read_runs(runs_dir)
@@ -103,8 +103,8 @@ def _bench_runs(runs_dir: Path, plot: Path | None, fmt: OutputFormat, output: Pa
 
 def _model_names(models: list[str] | None, all_models: bool) -> list[str]:
     """The named models, then (``--all``) the rest of the zoo; each checked against the zoo."""
-    from astrocli.bench import check_model_name
     from astrocli.models import list_models
+    from astrocli.models.cost import check_model_name
 
     names = list(models or [])
     if all_models:
@@ -117,8 +117,8 @@ def _model_names(models: list[str] | None, all_models: bool) -> list[str]:
 
 
 def _bench_models(names: list[str], **settings: Any) -> list[dict[str, Any]]:
-    """One row per model (:func:`astrocli.bench.bench_model` with ``settings``), a status line meanwhile."""
-    from astrocli.bench import bench_model
+    """One row per model (:func:`astrocli.models.cost.bench_model`), a status line meanwhile."""
+    from astrocli.models.cost import bench_model
     from astrocli.output import make_console
 
     status = make_console(stderr=True)

@@ -98,8 +98,8 @@ def cv_command(
     ] = False,
 ) -> None:
     """Cross-validate a recipe: stratified k-fold x seeds, mean ± 95% CI per metric."""
-    from astrocli import cv
     from astrocli.errors import AstroError
+    from astrocli.experiments import cv
     from astrocli.recipe import load_recipe
 
     if aggregate is not None:

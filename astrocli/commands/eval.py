@@ -163,8 +163,8 @@ def eval_command(
     ] = OutputFormat.table,
 ) -> None:
     """Evaluate a model on the split its recipe validated on (or the one the overrides name)."""
-    from astrocli.evaluate import evaluate
-    from astrocli.inference import load_runner
+    from astrocli.inference.evaluate import evaluate
+    from astrocli.inference.runner import load_runner
     from astrocli.output import make_console
 
     # With --format json/csv stdout carries the data only; the messages go to stderr.
@@ -223,7 +223,7 @@ def _held_out(console: Any, runner: Any, overrides: list[str], workers: int | No
     """The held-out split of the model's recipe (with ``overrides``), after checking its channels and
     labels against the model; says which data it is."""
     from astrocli.data import build_datasets
-    from astrocli.evaluate import check_labels, eval_recipe
+    from astrocli.inference.evaluate import check_labels, eval_recipe
 
     recipe = eval_recipe(runner.meta, overrides)
     if recipe.data.in_chans != runner.meta.in_chans:
@@ -250,7 +250,7 @@ def _show(
     console: Any, report: dict[str, Any], fmt: OutputFormat, json_path: Path | None, plot: Path | None
 ) -> None:
     """The report as tables (or json/csv on stdout), then the files asked for."""
-    from astrocli.evaluate import plot_confusion_matrix, write_report_json
+    from astrocli.inference.evaluate import plot_confusion_matrix, write_report_json
 
     if fmt is OutputFormat.table:
         console.print(_summary_table(report))

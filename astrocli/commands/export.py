@@ -50,7 +50,7 @@ def export_command(
     """Export a checkpoint; ONNX and TorchScript are verified (rtol 1e-3, atol 1e-4) before writing."""
     from rich.markup import escape
 
-    from astrocli.export import export_checkpoint
+    from astrocli.inference.export import export_checkpoint
     from astrocli.output import make_console
 
     console = make_console()

@@ -20,7 +20,7 @@ def _describe(name: str, with_macs: bool, num_classes: int) -> dict[str, Any]:
     model = create_model(name, num_classes=num_classes, img_size=info.default_img_size, device="meta")
     macs = None
     if with_macs:
-        from astrocli.bench import count_macs
+        from astrocli.models.cost import count_macs
 
         macs = count_macs(model, info.default_img_size)
     return {

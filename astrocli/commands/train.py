@@ -48,7 +48,7 @@ def train_command(
             _, resumed = RunDir(resume).load_resume(overrides or [])
             print(resumed.to_yaml(), end="")
         else:
-            from astrocli.defaults import resolve_for_print
+            from astrocli.data.defaults import resolve_for_print
 
             resolved, comments = resolve_for_print(load_recipe(recipe, overrides or []))
             print("".join(f"# {line}\n" for line in comments) + resolved.to_yaml(), end="")

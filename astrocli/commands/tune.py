@@ -61,8 +61,8 @@ def tune_command(
 
     Writes to <output.dir>/<name>-tune/: best.yaml, history.png, importance.png, trial<N>/ run dirs.
     """
+    from astrocli.experiments.tune import run_tune
     from astrocli.output import make_console
-    from astrocli.tune import run_tune
 
     console = make_console(highlight=False)
 
@@ -96,7 +96,7 @@ def _print_report(console: Any, result: Any) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from astrocli.tune import top_trials
+    from astrocli.experiments.tune import top_trials
 
     study = result.study
     counts = Counter(t.state.name.lower() for t in study.trials)

@@ -29,8 +29,8 @@ from torch.utils.data import Dataset
 from astrocli.data.base import ArrayImageDataset, ImageFileDataset, NumpyStore
 from astrocli.data.sources import SourceData
 from astrocli.errors import DataError, OutputError, RecipeError
+from astrocli.images.arrays import ArrayReader, is_array_file, read_raw, resize_short_center_crop, to_chw
 from astrocli.recipe import DataConfig
-from astrocli.science import ArrayReader, is_array_file, read_raw, resize_short_center_crop, to_chw
 
 CACHE_FORMAT = "astro-science-cache/1"  # bump when decoding or the layout of the file changes
 READ_BLOCK_ROWS = 256  # h5/npz rows converted at a time while building the cache
@@ -451,7 +451,7 @@ def float_eval_io(meta: Any) -> tuple[Any, Any]:
     """
     import torch
 
-    from astrocli.science import preprocess_for, reader_for
+    from astrocli.images.arrays import preprocess_for, reader_for
 
     reader, preprocess = reader_for(meta), preprocess_for(meta)
     return reader.read, lambda array: torch.from_numpy(preprocess(np.asarray(array)))

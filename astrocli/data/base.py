@@ -19,12 +19,12 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-# Defined in the torch-free astrocli.imaging (ONNX predict runs without torch); re-exported here.
-from astrocli.imaging import IMAGE_EXTENSIONS as IMAGE_EXTENSIONS
-from astrocli.imaging import UNREADABLE_IMAGE_ERRORS
-from astrocli.imaging import convert_image as convert_image
-from astrocli.imaging import image_mode as image_mode
-from astrocli.imaging import is_image_file as is_image_file
+# Defined in the torch-free astrocli.images.pil (ONNX predict runs without torch); re-exported here.
+from astrocli.images.pil import IMAGE_EXTENSIONS as IMAGE_EXTENSIONS
+from astrocli.images.pil import UNREADABLE_IMAGE_ERRORS
+from astrocli.images.pil import convert_image as convert_image
+from astrocli.images.pil import image_mode as image_mode
+from astrocli.images.pil import is_image_file as is_image_file
 from astrocli.notices import SkipLog, SkippedImagesWarning, skipped_images_line
 
 # PIL's ITU-R 601-2 luma weights, so array and PIL conversions to grayscale agree.

@@ -18,10 +18,10 @@ from PIL import Image
 from astrocli.data.base import ImageFileDataset, is_image_file
 from astrocli.data.sources import IMAGENET_MEAN, IMAGENET_STD, SourceData
 from astrocli.errors import DataError
-from astrocli.imaging import UNREADABLE_IMAGE_ERRORS
+from astrocli.images.arrays import is_array_file
+from astrocli.images.pil import UNREADABLE_IMAGE_ERRORS
 from astrocli.notices import SkippedImagesWarning, skipped_images_line
 from astrocli.recipe import DataConfig
-from astrocli.science import is_array_file
 
 HELDOUT_FOLDERS = ("val", "test")
 MAX_LISTED_BAD_FILES = 10

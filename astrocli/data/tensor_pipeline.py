@@ -59,6 +59,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from astrocli.bars import track
 from astrocli.checkpoint import save_tensors
 from astrocli.data.batches import BatchSource, epoch_seed
 from astrocli.data.rand_augment import BatchRandAugment
@@ -74,7 +75,6 @@ from astrocli.data.tensor_erase import box_mask, color_jitter, random_erase, sam
 from astrocli.data.transforms import build_mixup
 from astrocli.devices import free_memory_bytes, resolve_device
 from astrocli.errors import AstroError, DataError, OutputError, RecipeError
-from astrocli.progress import track
 from astrocli.recipe import DataConfig, Recipe
 
 if TYPE_CHECKING:

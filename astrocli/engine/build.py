@@ -83,7 +83,7 @@ def build_model(
     """The zoo model for ``recipe.model``, started from ``model.pretrained`` weights when
     ``load_weights`` (not when resuming); ``log`` gets the one-line adaptation report."""
     from astrocli.models import create_model
-    from astrocli.pretrained import load_pretrained
+    from astrocli.models.pretrained import load_pretrained
 
     m, d = recipe.model, recipe.data
     model = create_model(
@@ -105,11 +105,11 @@ def build_optimizer(model: nn.Module, recipe: Recipe, device: torch.device) -> t
     """timm's optimizer factory (no weight decay on biases and norms); fused AdamW on CUDA.
 
     ``train.layer_decay`` is timm's layer-wise decay; ``train.head_lr_mult`` scales the classifier
-    (astrocli/finetune.py builds those groups; timm's schedulers apply their ``lr_scale``).
+    (astrocli/engine/finetune.py builds those groups; timm's schedulers apply their ``lr_scale``).
     """
     from timm.optim import create_optimizer_v2
 
-    from astrocli.finetune import check_finetune_config, param_groups
+    from astrocli.engine.finetune import check_finetune_config, param_groups
 
     cfg = recipe.train
     check_finetune_config(cfg)
@@ -138,11 +138,11 @@ def build_scheduler(
 
     Returns the scheduler and the total number of epochs: ``train.epochs``, with warmup and
     cooldown counted inside it (scaled down, with a warning through ``warn``, when they would
-    take more than half the run; astrocli/defaults.py).
+    take more than half the run; astrocli/data/defaults.py).
     """
     from timm.scheduler import create_scheduler_v2
 
-    from astrocli.defaults import fit_warmup_cooldown
+    from astrocli.data.defaults import fit_warmup_cooldown
 
     cfg = recipe.train
     fit = fit_warmup_cooldown(cfg.epochs, cfg.warmup_epochs, cfg.cooldown_epochs, updates_per_epoch)

@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 from rich.markup import escape
 
+from astrocli.bars import report_to as report_progress
 from astrocli.checkpoint import CheckpointMeta
 from astrocli.devices import resolve_device
 from astrocli.engine import distributed as ddp
@@ -48,7 +49,6 @@ from astrocli.engine.state import Progress, ResumeState, save_resume_state
 from astrocli.errors import AstroError, first_line
 from astrocli.models import count_params
 from astrocli.notices import SkipLog, skipped_images_line
-from astrocli.progress import report_to as report_progress
 from astrocli.recipe import Recipe
 
 if TYPE_CHECKING:
@@ -157,7 +157,7 @@ class Trainer:
     def _set_frozen(self, epoch: int) -> bool:
         """``train.freeze_epochs``: classifier only before that epoch, everything from it (a function of
         the epoch, so resume is exact). True when the trainable set changed."""
-        from astrocli.finetune import frozen_at, set_frozen
+        from astrocli.engine.finetune import frozen_at, set_frozen
 
         frozen = frozen_at(epoch, self.recipe.train.freeze_epochs)
         if not set_frozen(self.model, frozen):
@@ -749,7 +749,7 @@ def _training_model(
     recipe: Recipe, bundle: DatasetBundle, device: torch.device, console: TrainConsole, load_weights: bool
 ) -> nn.Module:
     """The model on ``device`` (channels-last when asked), with a warning when a ViT sees too few tokens."""
-    from astrocli.defaults import attention_warning
+    from astrocli.data.defaults import attention_warning
 
     model = build_model(
         recipe, bundle.num_classes, load_weights=load_weights, log=lambda line: console.info(escape(line))
@@ -782,9 +782,9 @@ def _load_bundle(recipe: Recipe, dist: ddp.DistInfo) -> DatasetBundle:
 def _data_defaults(
     recipe: Recipe, bundle: DatasetBundle, dist: ddp.DistInfo, console: TrainConsole
 ) -> Recipe:
-    """Fill the keys the recipe left out from the data (``augment.preset``; astrocli/defaults.py)
+    """Fill the keys the recipe left out from the data (``augment.preset``; astrocli/data/defaults.py)
     and print what was chosen. A resumed run's recipe is complete already: nothing changes."""
-    from astrocli.defaults import data_facts, describe, resolve_defaults
+    from astrocli.data.defaults import data_facts, describe, resolve_defaults
 
     resolved, choices = resolve_defaults(recipe, data_facts(bundle, recipe, dist.world_size))
     for line in describe(choices, resolved):
@@ -815,8 +815,8 @@ def _check_before_start(recipe: Recipe, device: torch.device, resumed: bool) -> 
     autocast_dtype(recipe.train.amp, device)
     if resumed:
         return
-    from astrocli.finetune import check_finetune_config
-    from astrocli.pretrained import apply_pretrained_stats
+    from astrocli.engine.finetune import check_finetune_config
+    from astrocli.models.pretrained import apply_pretrained_stats
 
     check_finetune_config(recipe.train)
     apply_pretrained_stats(recipe)

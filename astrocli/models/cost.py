@@ -226,7 +226,7 @@ def _isolated_throughput(
 
     args = [name, num_classes, img_size, in_chans, batch_size, warmup, repeats, torch.get_num_threads()]
     code = (
-        "import json, sys; from astrocli.bench import _throughput_in_fresh_process as run; "
+        "import json, sys; from astrocli.models.cost import _throughput_in_fresh_process as run; "
         "print(json.dumps(run(*json.loads(sys.argv[1]))))"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}  # the same astrocli
@@ -433,8 +433,8 @@ def scaling_curves(runs: Sequence[RunResult], attribute: str) -> dict[str, list[
 
 def _read_cv_parent(parent: Path) -> RunResult | None:
     """A cv parent as one RunResult: mean top-1 over its finished runs, with std and 95% interval."""
-    from astrocli.cv import read_cv
     from astrocli.errors import AstroError
+    from astrocli.experiments.cv import read_cv
 
     try:
         report = read_cv(parent)

@@ -7,7 +7,7 @@ its evaluation transform, ``stack(items)`` and ``logits(batch)``.
 
 An exported ONNX file carries the same metadata as the checkpoint (``metadata_props`` hold
 the :meth:`CheckpointMeta.to_metadata` strings), so it runs through onnxruntime alone, with
-no PyTorch model built; its transform is :class:`astrocli.imaging.EvalPreprocess` (numpy + Pillow),
+no PyTorch model built; its transform is :class:`astrocli.images.pil.EvalPreprocess` (numpy + Pillow),
 so the ONNX path imports neither torch nor torchvision.
 
     runner = load_runner("runs/galaxy10/best.safetensors")
@@ -62,11 +62,11 @@ class Runner:
 
     def _build_transform(self) -> Callable[[Any], Any]:
         """numpy + Pillow preprocessing (float32 arrays); needs no PyTorch."""
-        from astrocli.imaging import EvalPreprocess
+        from astrocli.images.pil import EvalPreprocess
 
         m = self.meta
         if m.pixels == "float":  # scaled float arrays in, the same numbers for checkpoint and ONNX
-            from astrocli.science import preprocess_for
+            from astrocli.images.arrays import preprocess_for
 
             return preprocess_for(m)
         return EvalPreprocess(m.img_size, m.crop_pct, m.interpolation, m.mean, m.std, m.in_chans)
@@ -77,11 +77,11 @@ class Runner:
         Raises ValueError/OSError for a file that cannot be used (the caller reports it by row).
         """
         if self.meta.pixels != "float":
-            from astrocli.predict import load_image
+            from astrocli.inference.predict import load_image
 
             return load_image(Path(path), self.meta.in_chans)
         from astrocli.errors import DataError
-        from astrocli.science import reader_for
+        from astrocli.images.arrays import reader_for
 
         if self._reader is None:
             self._reader = reader_for(self.meta)

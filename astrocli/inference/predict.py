@@ -26,8 +26,8 @@ import numpy as np
 
 from astrocli.checkpoint import atomic_write_text, check_writable
 from astrocli.errors import AstroError, first_line
-from astrocli.imaging import convert_image, image_mode, is_image_file
-from astrocli.inference import Runner
+from astrocli.images.pil import convert_image, image_mode, is_image_file
+from astrocli.inference.runner import Runner
 from astrocli.metrics import softmax
 
 FITS_EXTENSIONS = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz")

@@ -24,7 +24,7 @@ import numpy as np
 
 from astrocli.checkpoint import CheckpointMeta, atomic_write_bytes, atomic_write_text
 from astrocli.errors import AstroError
-from astrocli.inference import Runner
+from astrocli.inference.runner import Runner
 from astrocli.metrics import classification_metrics, log_softmax, nll_loss
 from astrocli.recipe import Recipe, apply_override, recipe_from_dict
 

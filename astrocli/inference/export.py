@@ -103,7 +103,7 @@ def real_inputs(
     """
     load, transform = _eval_io(meta)
     if images:
-        from astrocli.predict import collect_inputs
+        from astrocli.inference.predict import collect_inputs
 
         tensors = []
         for path in collect_inputs(images).files:
@@ -126,7 +126,7 @@ def _eval_io(meta: CheckpointMeta) -> tuple[Callable[[Any], Any], Callable[[Any]
 
         return float_eval_io(meta)
     from astrocli.data import build_eval_transform
-    from astrocli.predict import load_image
+    from astrocli.inference.predict import load_image
 
     transform = build_eval_transform(
         meta.img_size, meta.crop_pct, meta.interpolation, meta.mean, meta.std, meta.in_chans
