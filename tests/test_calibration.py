@@ -14,7 +14,8 @@ from helpers import make_checkpoint, run_astro
 from astrocli.calibration import calibration_summary, fit_temperature
 from astrocli.checkpoint import CheckpointMeta, load_checkpoint
 from astrocli.engine import train
-from astrocli.inference.predict import collect_inputs, load_image, predict_files
+from astrocli.images.load import load_image
+from astrocli.inference.predict import collect_inputs, predict_files
 from astrocli.inference.runner import load_runner
 from astrocli.metrics import softmax
 from astrocli.recipe import load_recipe

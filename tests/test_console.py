@@ -25,7 +25,8 @@ from rich.console import Console
 
 from astrocli.engine import TrainingInterrupted, train
 from astrocli.engine.console import TrainConsole
-from astrocli.engine.state import RESUME_FILE, Progress, load_resume_state
+from astrocli.engine.run_dir import RESUME_FILE
+from astrocli.engine.state import Progress, load_resume_state
 from astrocli.models import cost as bench
 from astrocli.models import create_model
 from astrocli.notices import SkipLog, SkippedImagesWarning, install_warning_printer, skipped_images_line

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import typing
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,16 @@ def test_unknown_key_names_path_and_suggests(tmp_path: Path) -> None:
     assert "'train.epoch'" in str(err.value) and "train.epochs" in str(err.value)
     with pytest.raises(RecipeError, match="did you mean train"):
         load_recipe(None, ["trian.epochs=3"])
+
+
+def test_source_names_in_the_recipe_are_the_registered_sources() -> None:
+    # The recipe names the sources in its type (so its own coercion refuses a misspelt one without
+    # importing astrocli.data); the registry in data/sources.py must name the same ones, in order.
+    from astrocli.data.sources import SOURCES
+    from astrocli.recipe import DataConfig
+
+    hint = typing.get_type_hints(DataConfig)["source"]
+    assert typing.get_args(hint) == tuple(SOURCES)
 
 
 def test_wrong_type_names_key_and_expected_type(tmp_path: Path) -> None:

@@ -80,7 +80,7 @@ def _render(rows: list[dict[str, Any]], fmt: OutputFormat, columns: tuple, title
 
 def _emit(text: str, output: Path | None) -> None:
     """Print ``text``, and write it atomically to ``output`` when given."""
-    from astrocli.checkpoint import atomic_write_text
+    from astrocli.files import atomic_write_text
 
     typer.echo(text, nl=False)
     if output is not None:

@@ -75,8 +75,8 @@ def compare_command(
     ] = None,
 ) -> None:
     """Compare two runs, two cv folders (paired differences with a 95% CI), or a cv with its target."""
-    from astrocli.checkpoint import atomic_write_text
     from astrocli.experiments.compare import compare_paths, dumps
+    from astrocli.files import atomic_write_text
     from astrocli.output import make_console
 
     report = compare_paths(a, b)

@@ -194,7 +194,7 @@ def eval_command(
 def _check_options(json_path: Path | None, plot: Path | None, batch_size: int, resamples: int | None) -> None:
     """Bad options fail before the model loads; the output files must be writable before the evaluation,
     not after it. ``resamples``: the bootstrap resamples of ``--ci``, None without it."""
-    from astrocli.checkpoint import check_writable
+    from astrocli.files import check_writable
 
     if plot is not None and plot.suffix.lower() != ".png":
         raise AstroError(f"--plot '{plot}' must end in .png")
@@ -274,7 +274,7 @@ def _calibrate(
     console: Any, runner: Any, overrides: list[str], batch_size: int, workers: int, split: str
 ) -> None:
     """``--calibrate``: fit and store the temperature (astrocli/calibration.py), then say where."""
-    from astrocli.calibration import calibrate_checkpoint
+    from astrocli.inference.calibrate import calibrate_checkpoint
 
     fit = calibrate_checkpoint(runner, overrides, batch_size, workers)
     console.print(

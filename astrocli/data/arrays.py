@@ -204,7 +204,7 @@ def _save_cache(path: Path, cache: np.ndarray, stats: Any, layout: str | None) -
     """Atomic write; an unwritable cache folder only costs the next run the decoding."""
     from safetensors.numpy import save
 
-    from astrocli.checkpoint import atomic_write_bytes
+    from astrocli.files import atomic_write_bytes
 
     meta = {
         "format": CACHE_FORMAT,

@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from astrocli.checkpoint import atomic_write_text
 from astrocli.errors import AstroError, first_line
+from astrocli.files import atomic_write_text
 from astrocli.recipe import Recipe
 
 # The module each logger imports, and the extra that installs it.

@@ -583,10 +583,10 @@ class Trainer:
     # -- after the last epoch ---------------------------------------------------------------------
 
     def _calibrate(self) -> dict[str, float] | None:
-        """Temperature scaling of ``best``/``last`` on the validation split (astrocli/calibration.py)."""
+        """Temperature scaling of ``best``/``last`` on the validation split (astrocli/engine/calibrate.py)."""
         if not self.recipe.train.calibrate:
             return None
-        from astrocli.calibration import calibrate_after_training
+        from astrocli.engine.calibrate import calibrate_after_training
 
         result = calibrate_after_training(self)
         if result:

@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from astrocli.checkpoint import atomic_write_text
 from astrocli.engine.run_dir import RunDir
 from astrocli.errors import AstroError
+from astrocli.files import atomic_write_text
 from astrocli.recipe import Recipe
 from astrocli.stats import t_interval
 

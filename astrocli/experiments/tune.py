@@ -35,9 +35,9 @@ from typing import Any
 
 import yaml
 
-from astrocli.checkpoint import atomic_write_bytes, atomic_write_text
 from astrocli.engine.loggers import Callback, has_module, missing_extra_message, parent_run
 from astrocli.errors import AstroError, RecipeError, first_line
+from astrocli.files import atomic_write_bytes, atomic_write_text
 from astrocli.recipe import Recipe, given_keys, load_recipe, recipe_from_dict, set_given
 
 # train.select_metric -> the epoch-row key it is read from, and which way is better.

@@ -22,10 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from astrocli.checkpoint import CheckpointMeta, atomic_write_bytes, atomic_write_text
+from astrocli.calibration import reliability
+from astrocli.checkpoint import CheckpointMeta
 from astrocli.errors import AstroError
+from astrocli.files import atomic_write_bytes, atomic_write_text
 from astrocli.inference.runner import Runner
-from astrocli.metrics import classification_metrics, log_softmax, nll_loss
+from astrocli.metrics import classification_metrics, expected_calibration_error, log_softmax, nll_loss
 from astrocli.recipe import Recipe, apply_override, recipe_from_dict
 
 
@@ -73,11 +75,11 @@ def collect_probabilities(
     With ``tta`` the probabilities of each image and its horizontal flip are averaged (in log
     space, so confident predictions keep an exact loss).
     """
-    log_probs, _, targets = _collect(runner, dataset, batch_size, num_workers, tta, on_batch)
+    log_probs, _, targets = collect_outputs(runner, dataset, batch_size, num_workers, tta, on_batch)
     return log_probs, targets
 
 
-def _collect(
+def collect_outputs(
     runner: Runner,
     dataset: Any,
     batch_size: int = 64,
@@ -135,7 +137,7 @@ def evaluate(
     seeded bootstrap 95% intervals ``top1_ci95``, ``macro_f1_ci95``, ``balanced_accuracy_ci95``.
     """
     temperature = getattr(runner.meta, "temperature", 1.0)
-    log_probs, calibrated, targets = _collect(
+    log_probs, calibrated, targets = collect_outputs(
         runner, dataset, batch_size, num_workers, tta, on_batch, temperature
     )
     loss = nll_loss(None, targets, log_probs=log_probs)
@@ -162,9 +164,6 @@ def calibration_report(
 ) -> dict[str, Any]:
     """``temperature`` (the checkpoint's), ``ece_calibrated`` and ``loss_calibrated`` with it, and the
     reliability curves (astrocli/calibration.py) for ``--plot``."""
-    from astrocli.calibration import reliability
-    from astrocli.metrics import expected_calibration_error
-
     return {
         "temperature": float(temperature),
         "ece_calibrated": expected_calibration_error(calibrated, targets),

@@ -26,14 +26,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from astrocli.checkpoint import (
-    CheckpointMeta,
-    atomic_write_bytes,
-    atomic_write_text,
-    check_writable,
-    load_checkpoint,
-)
+from astrocli.checkpoint import CheckpointMeta, load_checkpoint
 from astrocli.errors import AstroError, first_line
+from astrocli.files import atomic_write_bytes, atomic_write_text, check_writable
 
 FORMATS = ("onnx", "torchscript", "safetensors")
 ONNX_EXPORTERS = ("auto", "dynamo", "torchscript")  # auto: dynamo, falling back to the TorchScript-based one
@@ -126,7 +121,7 @@ def _eval_io(meta: CheckpointMeta) -> tuple[Callable[[Any], Any], Callable[[Any]
 
         return float_eval_io(meta)
     from astrocli.data import build_eval_transform
-    from astrocli.inference.predict import load_image
+    from astrocli.images.load import load_image
 
     transform = build_eval_transform(
         meta.img_size, meta.crop_pct, meta.interpolation, meta.mean, meta.std, meta.in_chans
@@ -380,7 +375,8 @@ def export_checkpoint(
         CheckpointError: the checkpoint is unreadable or does not fit its architecture (exit 2).
         ExportError: the export failed or the check against PyTorch failed (exit 1; nothing written).
     """
-    from astrocli.checkpoint import load_model_from_checkpoint, save_tensors
+    from astrocli.checkpoint import save_tensors
+    from astrocli.models.loading import load_model_from_checkpoint
 
     checkpoint = Path(checkpoint)
     if fmt not in FORMATS:

@@ -77,7 +77,7 @@ class Runner:
         Raises ValueError/OSError for a file that cannot be used (the caller reports it by row).
         """
         if self.meta.pixels != "float":
-            from astrocli.inference.predict import load_image
+            from astrocli.images.load import load_image
 
             return load_image(Path(path), self.meta.in_chans)
         from astrocli.errors import DataError
@@ -173,7 +173,7 @@ def load_runner(path: str | Path, device: str = "auto") -> Runner:
 
 def _load_torch(path: Path, device: str) -> TorchRunner:
     from astrocli import HAS_PYTORCH
-    from astrocli.checkpoint import load_model_from_checkpoint
+    from astrocli.models.loading import load_model_from_checkpoint
 
     if not HAS_PYTORCH:
         raise AstroError(
