@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from astrocli.cli import app
 from astrocli.errors import AstroError
+from astrocli.experiments import runs as runs_module
 from astrocli.models import cost as bench
 from astrocli.models import count_params, create_model
 
@@ -207,4 +208,4 @@ def test_cli_runs_table_and_scaling_plot(tmp_path: Path) -> None:
 
 def test_read_runs_missing_dir_is_a_user_error(tmp_path: Path) -> None:
     with pytest.raises(AstroError, match="does not exist"):
-        bench.read_runs(tmp_path / "nope")
+        runs_module.read_runs(tmp_path / "nope")

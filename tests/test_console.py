@@ -27,6 +27,7 @@ from astrocli.engine import TrainingInterrupted, train
 from astrocli.engine.console import TrainConsole
 from astrocli.engine.run_dir import RESUME_FILE
 from astrocli.engine.state import Progress, load_resume_state
+from astrocli.experiments import runs as runs_module
 from astrocli.models import cost as bench
 from astrocli.models import create_model
 from astrocli.notices import SkipLog, SkippedImagesWarning, install_warning_printer, skipped_images_line
@@ -418,11 +419,11 @@ def test_bench_runs_use_summary_params_and_keep_datasets_apart(tmp_path: Path, m
     write_run(runs, "digits-cct2", "cct_2_3x2_32", "digits", 95.0, 282_571, in_chans=1)
     write_run(runs, "digits-cct4", "cct_4_3x2_32", "digits", 97.0, 480_000, in_chans=1)
     write_run(runs, "cifar-cct2", "cct_2_3x2_32", "cifar10", 70.0, 283_723, in_chans=3)
-    results = {Path(r.run).name: r for r in bench.read_runs(runs)}
+    results = {Path(r.run).name: r for r in runs_module.read_runs(runs)}
     assert results["digits-cct2"].params == 282_571 and results["cifar-cct2"].params == 283_723
     one_channel = create_model("cct_2_3x2_32", 10, 32, in_chans=1, device="meta")
     assert results["digits-cct2"].macs == bench.count_macs(one_channel, 32, in_chans=1)
-    curves = bench.scaling_curves(list(results.values()), "params")
+    curves = runs_module.scaling_curves(list(results.values()), "params")
     assert curves == {  # third element: half the 95% interval, 0 for single runs (cv parents have one)
         "cct (cifar10)": [(283_723, 70.0, 0.0)],
         "cct (digits)": [(282_571, 95.0, 0.0), (480_000, 97.0, 0.0)],

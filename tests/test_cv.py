@@ -234,7 +234,7 @@ def test_aggregate_without_finished_runs_is_one_line(
 
 
 def test_bench_runs_shows_cv_means_with_error_bars(two_cvs: tuple[Path, Path, dict], tmp_path: Path) -> None:
-    from astrocli.models.cost import plot_scaling, read_runs
+    from astrocli.experiments.runs import plot_scaling, read_runs
 
     straight, _, _ = two_cvs
     runs = read_runs(straight.parent)  # one cv parent, its two fold runs folded into it

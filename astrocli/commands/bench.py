@@ -88,7 +88,7 @@ def _emit(text: str, output: Path | None) -> None:
 
 
 def _bench_runs(runs_dir: Path, plot: Path | None, fmt: OutputFormat, output: Path | None) -> None:
-    from astrocli.models.cost import plot_scaling, read_runs
+    from astrocli.experiments.runs import plot_scaling, read_runs
     from astrocli.output import make_console
 
     runs = read_runs(runs_dir)

@@ -26,8 +26,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
-from astrocli.data.base import ArrayImageDataset, ImageFileDataset, NumpyStore
-from astrocli.data.sources import SourceData
+from astrocli.data.base import ArrayImageDataset, ImageFileDataset, NumpyStore, SourceData
 from astrocli.errors import DataError, OutputError, RecipeError
 from astrocli.images.arrays import ArrayReader, is_array_file, read_raw, resize_short_center_crop, to_chw
 from astrocli.recipe import DataConfig

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from astrocli.data.base import ArrayImageDataset
-from astrocli.data.sources import SourceData
+from astrocli.data.base import ArrayImageDataset, SourceData
 from astrocli.errors import DataError
 from astrocli.recipe import DataConfig
 

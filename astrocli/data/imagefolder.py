@@ -15,10 +15,10 @@ from pathlib import Path
 
 from PIL import Image
 
-from astrocli.data.base import ImageFileDataset, is_image_file
-from astrocli.data.sources import IMAGENET_MEAN, IMAGENET_STD, SourceData
+from astrocli.data.base import ImageFileDataset, SourceData, is_image_file
 from astrocli.errors import DataError
 from astrocli.images.arrays import is_array_file
+from astrocli.images.channels import IMAGENET_MEAN, IMAGENET_STD
 from astrocli.images.pil import UNREADABLE_IMAGE_ERRORS
 from astrocli.notices import SkippedImagesWarning, skipped_images_line
 from astrocli.recipe import DataConfig

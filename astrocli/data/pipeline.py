@@ -82,7 +82,7 @@ def build_train_batches(
             mixup=mixup,
             num_classes=bundle.num_classes,
         )
-    from astrocli.data import build_train_transform
+    from astrocli.data.transforms import build_train_transform
 
     return LoaderBatches(
         bundle.train,
@@ -131,7 +131,7 @@ def build_eval_batches(
             std=std,
             mixup=None,
         )
-    from astrocli.data import build_eval_transform
+    from astrocli.data.transforms import build_eval_transform
 
     data = recipe.data
     transform = build_eval_transform(

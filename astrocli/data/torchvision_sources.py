@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from astrocli.data.base import ArrayImageDataset, ImageFileDataset, NumpyStore
-from astrocli.data.sources import IMAGENET_MEAN, IMAGENET_STD, SourceData
+from astrocli.data.base import ArrayImageDataset, ImageFileDataset, NumpyStore, SourceData
 from astrocli.errors import DataError, first_line
+from astrocli.images.channels import IMAGENET_MEAN, IMAGENET_STD
 from astrocli.recipe import DataConfig
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")

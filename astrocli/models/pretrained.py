@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from astrocli.errors import AstroError, first_line
+from astrocli.images.channels import adapt_channels
 
 if TYPE_CHECKING:
     import torch
@@ -122,8 +123,6 @@ def pretrained_stats(
     spec: str, model_name: str | None, in_chans: int
 ) -> tuple[list[float], list[float]] | None:
     """The normalisation mean/std the pretrained weights were trained with, per input channel, if known."""
-    from astrocli.data.sources import adapt_channels
-
     config = fetch_config(spec, model_name)
     mean, std = config.get("mean"), config.get("std")
     if not mean or not std:
