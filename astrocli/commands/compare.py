@@ -75,7 +75,7 @@ def compare_command(
     ] = None,
 ) -> None:
     """Compare two runs, two cv folders (paired differences with a 95% CI), or a cv with its target."""
-    from astrocli.experiments.compare import compare_paths, dumps
+    from astrocli.experiments.compare import compare_paths, dumps  # lazy: keeps start-up torch-free
     from astrocli.files import atomic_write_text
     from astrocli.output import make_console
 

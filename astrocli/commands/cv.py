@@ -49,7 +49,7 @@ def cv_table(report: dict[str, Any], title: str) -> Any:
 
 def print_report(report: dict[str, Any], parent: Path) -> None:
     """The cv table, what it was selected on, and where cv.json is."""
-    from astrocli.output import make_console
+    from astrocli.output import make_console  # lazy: keeps start-up torch-free
 
     console = make_console(highlight=False)
     runs = len(report["runs"])
@@ -98,7 +98,7 @@ def cv_command(
     ] = False,
 ) -> None:
     """Cross-validate a recipe: stratified k-fold x seeds, mean ± 95% CI per metric."""
-    from astrocli.errors import AstroError
+    from astrocli.errors import AstroError  # lazy: keeps start-up torch-free
     from astrocli.experiments import cv
     from astrocli.recipe import load_recipe
 

@@ -63,7 +63,11 @@ def predict_command(
     fmt: FormatOption = OutputFormat.table,
 ) -> None:
     """Predict the class of each image; unreadable files get an error row and exit status 1."""
-    from astrocli.inference.predict import check_output_path, find_latest_checkpoint, predict_files
+    from astrocli.inference.predict import (  # lazy: keeps start-up torch-free
+        check_output_path,
+        find_latest_checkpoint,
+        predict_files,
+    )
     from astrocli.inference.runner import load_runner
     from astrocli.output import make_console
     from astrocli.recipe import Recipe
@@ -88,7 +92,7 @@ def predict_command(
 
 def _inputs(console: Any, paths: list[str]) -> Inputs:
     """The image files ``paths`` name (warning about empty directories); an error when there are none."""
-    from astrocli.inference.predict import collect_inputs
+    from astrocli.inference.predict import collect_inputs  # lazy: keeps start-up torch-free
 
     inputs = collect_inputs(paths)
     for directory in inputs.empty_dirs:
@@ -106,7 +110,10 @@ def _show(
     console: Any, rows: list[dict[str, Any]], shown_k: int, fmt: OutputFormat, output: Path | None
 ) -> None:
     """The rows as a table (or json/csv on stdout), then ``--output``; exit status 1 if any input failed."""
-    from astrocli.inference.predict import predictions_csv, write_predictions
+    from astrocli.inference.predict import (  # lazy: keeps start-up torch-free
+        predictions_csv,
+        write_predictions,
+    )
     from astrocli.output import rows_json
 
     if fmt is OutputFormat.table:

@@ -14,7 +14,7 @@ COLUMNS = ("name", "model", "dataset", "img_size", "epochs", "target")
 
 def _recipe_rows() -> list[dict[str, Any]]:
     """One row per shipped recipe, in name order."""
-    from astrocli.recipe import PACKAGED_RECIPES, load_recipe
+    from astrocli.recipe import PACKAGED_RECIPES, load_recipe  # lazy: keeps start-up torch-free
 
     rows = []
     for path in sorted(PACKAGED_RECIPES.glob("*.yaml")):
@@ -33,7 +33,7 @@ def _recipe_rows() -> list[dict[str, Any]]:
 
 
 def _print_table(rows: list[dict[str, Any]]) -> None:
-    from rich.markup import escape
+    from rich.markup import escape  # lazy: keeps start-up torch-free
     from rich.table import Table
 
     from astrocli.output import make_console
@@ -60,7 +60,7 @@ def recipes_command(
     ] = False,
 ) -> None:
     """List the shipped recipes: name, model, dataset, image size and the paper result they target."""
-    import json
+    import json  # lazy: keeps start-up torch-free
 
     from astrocli.output import rows_csv, rows_json
 

@@ -61,7 +61,7 @@ def tune_command(
 
     Writes to <output.dir>/<name>-tune/: best.yaml, history.png, importance.png, trial<N>/ run dirs.
     """
-    from astrocli.experiments.tune import run_tune
+    from astrocli.experiments.tune import run_tune  # lazy: keeps start-up torch-free
     from astrocli.output import make_console
 
     console = make_console(highlight=False)
@@ -91,7 +91,7 @@ def _short(value: Any) -> str:
 
 
 def _print_report(console: Any, result: Any) -> None:
-    from collections import Counter
+    from collections import Counter  # lazy: keeps start-up torch-free
 
     from rich.markup import escape
     from rich.table import Table

@@ -16,6 +16,7 @@ from pathlib import Path
 from PIL import Image
 
 from astrocli.data.base import ImageFileDataset, SourceData, is_image_file
+from astrocli.data.download import download_and_extract
 from astrocli.errors import DataError
 from astrocli.images.arrays import is_array_file
 from astrocli.images.channels import IMAGENET_MEAN, IMAGENET_STD
@@ -120,8 +121,6 @@ def find_tiny_imagenet(cfg: DataConfig) -> Path:
         if (candidate / "train").is_dir() and (candidate / "val").is_dir():
             return candidate
     if cfg.download:
-        from astrocli.data.download import download_and_extract
-
         download_and_extract(cfg.url or TINY_IMAGENET_URL, root, sha256=cfg.sha256)
         if (root / "tiny-imagenet-200" / "train").is_dir():
             return root / "tiny-imagenet-200"

@@ -23,7 +23,7 @@ import torch
 from astrocli.data.batches import BatchSource
 from astrocli.data.loader import LoaderBatches
 from astrocli.data.sources import DatasetBundle
-from astrocli.data.transforms import build_mixup
+from astrocli.data.transforms import build_eval_transform, build_mixup, build_train_transform
 from astrocli.errors import AstroError
 from astrocli.recipe import Recipe
 
@@ -82,7 +82,6 @@ def build_train_batches(
             mixup=mixup,
             num_classes=bundle.num_classes,
         )
-    from astrocli.data.transforms import build_train_transform
 
     return LoaderBatches(
         bundle.train,
@@ -131,7 +130,6 @@ def build_eval_batches(
             std=std,
             mixup=None,
         )
-    from astrocli.data.transforms import build_eval_transform
 
     data = recipe.data
     transform = build_eval_transform(

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from astrocli.data import arrays
 from astrocli.data.base import SourceData
 from astrocli.errors import DataError
 from astrocli.images.channels import adapt_channels
@@ -95,7 +96,6 @@ def build_datasets(cfg: DataConfig) -> DatasetBundle:
     heldout = "fold" if cfg.folds else choose_heldout(cfg.split, source.splits, cfg.source)
     full_train = source.splits["train"]()
     # The float path (astrocli.data.arrays): FITS, 16-bit, N bands, scaling; else 8-bit PIL images.
-    from astrocli.data import arrays
 
     floating = arrays.wants_float(cfg, full_train)
     cfg.pixels = "float" if floating else "uint8"  # recorded in recipe.yaml and the checkpoints

@@ -61,6 +61,7 @@ from safetensors.torch import load_file
 
 from astrocli.bars import track
 from astrocli.checkpoint import save_tensors
+from astrocli.data.balance import balanced_indices, sample_weights
 from astrocli.data.batches import BatchSource, epoch_seed
 from astrocli.data.rand_augment import BatchRandAugment
 from astrocli.data.tensor_crop import (
@@ -447,8 +448,6 @@ class TensorTrainBatches(_TensorSource):
     def epoch_indices(self) -> torch.Tensor:
         """This rank's sample order for the current epoch (the same permutation on every rank)."""
         if self.recipe.data.sampler == "balanced":  # the loader's draw (astrocli/data/balance.py)
-            from astrocli.data.balance import balanced_indices, sample_weights
-
             per_rank = -(-len(self.cache) // self.world_size)
             weights = sample_weights(self.cache.labels.cpu())
             perm = balanced_indices(weights, per_rank * self.world_size, self.seed, self.epoch)

@@ -21,7 +21,7 @@ __all__ = ["NonFiniteLoss", "Trainer", "TrainingInterrupted", "train"]
 
 def __getattr__(name: str) -> Any:
     if name in __all__:
-        from astrocli.engine import trainer
+        from astrocli.engine import trainer  # lazy: keeps start-up torch-free
 
         return getattr(trainer, name)
     raise AttributeError(f"module 'astrocli.engine' has no attribute {name!r}")

@@ -327,7 +327,7 @@ class TensorBoardLogger(_Guarded):
     name = "tensorboard"
 
     def start(self, recipe: Recipe, run_dir: Path) -> None:
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # lazy: keeps start-up torch-free
 
         self.recipe = recipe
         self.writer = SummaryWriter(log_dir=str(run_dir))  # `tensorboard --logdir runs` shows every run

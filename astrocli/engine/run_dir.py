@@ -156,7 +156,7 @@ class RunDir:
 
     def save_model(self, filename: str, state_dict: Mapping[str, torch.Tensor], meta: CheckpointMeta) -> None:
         """``best.safetensors`` or ``last.safetensors`` (atomic)."""
-        from astrocli.checkpoint import save_checkpoint
+        from astrocli.checkpoint import save_checkpoint  # lazy: keeps start-up torch-free
 
         save_checkpoint(self.path / filename, state_dict, meta)
 

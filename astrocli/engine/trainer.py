@@ -26,9 +26,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn as nn
 from rich.markup import escape
+from timm.utils import ModelEmaV3
 
 from astrocli.bars import report_to as report_progress
-from astrocli.checkpoint import CheckpointMeta
+from astrocli.checkpoint import CheckpointMeta, load_checkpoint
+from astrocli.data import build_datasets
+from astrocli.data.defaults import attention_warning, data_facts, describe, resolve_defaults
+from astrocli.data.pipeline import build_eval_batches
 from astrocli.devices import resolve_device
 from astrocli.engine import distributed as ddp
 from astrocli.engine.build import (
@@ -41,13 +45,17 @@ from astrocli.engine.build import (
     build_scheduler,
     seed_everything,
 )
+from astrocli.engine.calibrate import calibrate_after_training
 from astrocli.engine.console import TrainConsole
+from astrocli.engine.finetune import check_finetune_config, frozen_at, set_frozen
 from astrocli.engine.loggers import Logger, LoggerGroup, build_loggers
 from astrocli.engine.run_dir import RunDir, unique_run_dir
 from astrocli.engine.run_guard import RunGuard
 from astrocli.engine.state import Progress, ResumeState, save_resume_state
 from astrocli.errors import AstroError, first_line
+from astrocli.metrics import balanced_accuracy, macro_f1
 from astrocli.models import count_params
+from astrocli.models.pretrained import apply_pretrained_stats
 from astrocli.notices import SkipLog, skipped_images_line
 from astrocli.recipe import Recipe
 
@@ -157,8 +165,6 @@ class Trainer:
     def _set_frozen(self, epoch: int) -> bool:
         """``train.freeze_epochs``: classifier only before that epoch, everything from it (a function of
         the epoch, so resume is exact). True when the trainable set changed."""
-        from astrocli.engine.finetune import frozen_at, set_frozen
-
         frozen = frozen_at(epoch, self.recipe.train.freeze_epochs)
         if not set_frozen(self.model, frozen):
             return False
@@ -388,8 +394,6 @@ class Trainer:
         The confusion matrix is accumulated on the device (one bincount per batch, no host sync) and
         summed across ranks like the other totals.
         """
-        from astrocli.metrics import balanced_accuracy, macro_f1
-
         model.eval()
         num_classes = self.bundle.num_classes
         totals = torch.zeros(4, device=self.device)  # loss sum, top-1 hits, top-5 hits, images
@@ -586,7 +590,6 @@ class Trainer:
         """Temperature scaling of ``best``/``last`` on the validation split (astrocli/engine/calibrate.py)."""
         if not self.recipe.train.calibrate:
             return None
-        from astrocli.engine.calibrate import calibrate_after_training
 
         result = calibrate_after_training(self)
         if result:
@@ -605,8 +608,6 @@ class Trainer:
         best_path = self.run_dir / "best.safetensors"
         if self.bundle.test is None:
             return {}
-        from astrocli.checkpoint import load_checkpoint
-        from astrocli.data.pipeline import build_eval_batches
 
         ddp.barrier()  # rank 0 wrote best.safetensors
         if not best_path.is_file():
@@ -676,8 +677,6 @@ def build_trainer(
 ) -> Trainer:
     """Build every part of the run, in a fixed order (the seeds make the weights reproducible), and
     load ``resume`` into them when given."""
-    from timm.utils import ModelEmaV3
-
     r, files = recipe, RunDir(run_dir)
     skip_log = attach_skip_log(bundle, files.skipped_images_file)
     train_batches, eval_batches = build_batches(bundle, r, device, dist)
@@ -749,8 +748,6 @@ def _training_model(
     recipe: Recipe, bundle: DatasetBundle, device: torch.device, console: TrainConsole, load_weights: bool
 ) -> nn.Module:
     """The model on ``device`` (channels-last when asked), with a warning when a ViT sees too few tokens."""
-    from astrocli.data.defaults import attention_warning
-
     model = build_model(
         recipe, bundle.num_classes, load_weights=load_weights, log=lambda line: console.info(escape(line))
     ).to(device)
@@ -769,8 +766,6 @@ def _training_model(
 
 def _load_bundle(recipe: Recipe, dist: ddp.DistInfo) -> DatasetBundle:
     """Build the datasets; under DDP rank 0 first (it may download), then the others."""
-    from astrocli.data import build_datasets
-
     if dist.is_main:
         bundle = build_datasets(recipe.data)
     ddp.barrier()
@@ -784,8 +779,6 @@ def _data_defaults(
 ) -> Recipe:
     """Fill the keys the recipe left out from the data (``augment.preset``; astrocli/data/defaults.py)
     and print what was chosen. A resumed run's recipe is complete already: nothing changes."""
-    from astrocli.data.defaults import data_facts, describe, resolve_defaults
-
     resolved, choices = resolve_defaults(recipe, data_facts(bundle, recipe, dist.world_size))
     for line in describe(choices, resolved):
         console.info(escape(line))
@@ -815,8 +808,6 @@ def _check_before_start(recipe: Recipe, device: torch.device, resumed: bool) -> 
     autocast_dtype(recipe.train.amp, device)
     if resumed:
         return
-    from astrocli.engine.finetune import check_finetune_config
-    from astrocli.models.pretrained import apply_pretrained_stats
 
     check_finetune_config(recipe.train)
     apply_pretrained_stats(recipe)

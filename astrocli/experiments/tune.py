@@ -373,7 +373,7 @@ def run_tune(
     """
     if not has_module("optuna"):
         raise AstroError(missing_extra_message("astro tune", "tune", "optuna"))
-    import optuna
+    import optuna  # lazy: keeps start-up torch-free
 
     base_recipe = load_recipe(recipe, list(overrides))
     base = base_recipe.to_dict()
@@ -406,7 +406,7 @@ def run_tune(
     notes = _enqueue_recipe_values(study, params, base)
 
     def objective(trial: Any) -> float:
-        from astrocli.engine import train
+        from astrocli.engine import train  # lazy: keeps start-up torch-free
 
         values = {p.key: p.suggest(trial) for p in params}
         trial_recipe = recipe_for_trial(base_recipe, values)
@@ -418,7 +418,7 @@ def run_tune(
             raise AstroError(f"trial {trial.number} evaluated no epoch; check train.eval_every")
         return pruning.best
 
-    from astrocli.engine import NonFiniteLoss, TrainingInterrupted
+    from astrocli.engine import NonFiniteLoss, TrainingInterrupted  # lazy: keeps start-up torch-free
 
     with parent_run(
         base_recipe, f"{name}-tune", kind="tune", run_id=study.user_attrs.get(PARENT_ATTR)

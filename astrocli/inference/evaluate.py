@@ -89,7 +89,7 @@ def collect_outputs(
     temperature: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`collect_probabilities` plus the log-probabilities of ``logits / temperature``."""
-    import torch
+    import torch  # lazy: keeps start-up torch-free
     from torch.utils.data import DataLoader
 
     from astrocli.data.loader import TransformedDataset
@@ -144,7 +144,7 @@ def evaluate(
     report = classification_metrics(np.exp(log_probs), targets, runner.class_names, loss=loss)
     report.update(calibration_report(np.exp(log_probs), np.exp(calibrated), targets, temperature))
     if ci_resamples > 0:
-        from astrocli.stats import bootstrap_metrics
+        from astrocli.stats import bootstrap_metrics  # lazy: keeps start-up torch-free
 
         if len(targets) < 2:
             raise AstroError("--ci needs at least 2 evaluation images")

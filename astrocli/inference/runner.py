@@ -62,11 +62,11 @@ class Runner:
 
     def _build_transform(self) -> Callable[[Any], Any]:
         """numpy + Pillow preprocessing (float32 arrays); needs no PyTorch."""
-        from astrocli.images.pil import EvalPreprocess
+        from astrocli.images.pil import EvalPreprocess  # lazy: keeps start-up torch-free
 
         m = self.meta
         if m.pixels == "float":  # scaled float arrays in, the same numbers for checkpoint and ONNX
-            from astrocli.images.arrays import preprocess_for
+            from astrocli.images.arrays import preprocess_for  # lazy: keeps start-up torch-free
 
             return preprocess_for(m)
         return EvalPreprocess(m.img_size, m.crop_pct, m.interpolation, m.mean, m.std, m.in_chans)
@@ -77,10 +77,10 @@ class Runner:
         Raises ValueError/OSError for a file that cannot be used (the caller reports it by row).
         """
         if self.meta.pixels != "float":
-            from astrocli.images.load import load_image
+            from astrocli.images.load import load_image  # lazy: keeps start-up torch-free
 
             return load_image(Path(path), self.meta.in_chans)
-        from astrocli.errors import DataError
+        from astrocli.errors import DataError  # lazy: keeps start-up torch-free
         from astrocli.images.arrays import reader_for
 
         if self._reader is None:
@@ -116,7 +116,7 @@ class TorchRunner(Runner):
 
     def _build_transform(self) -> Callable[[Any], Any]:
         """timm/torchvision's eval transform (torch tensors), the one the model was validated with."""
-        from astrocli.data import build_eval_transform
+        from astrocli.data import build_eval_transform  # lazy: keeps start-up torch-free
 
         m = self.meta
         if m.pixels == "float":
@@ -125,12 +125,12 @@ class TorchRunner(Runner):
 
     def stack(self, items: Sequence[Any]) -> Any:
         """Stack transformed images (tensors) into one batch tensor."""
-        import torch
+        import torch  # lazy: keeps start-up torch-free
 
         return torch.stack([torch.as_tensor(item) for item in items])
 
     def logits(self, batch: Any) -> np.ndarray:
-        import torch
+        import torch  # lazy: keeps start-up torch-free
 
         if not isinstance(batch, torch.Tensor):
             batch = torch.from_numpy(np.ascontiguousarray(batch))
@@ -172,7 +172,7 @@ def load_runner(path: str | Path, device: str = "auto") -> Runner:
 
 
 def _load_torch(path: Path, device: str) -> TorchRunner:
-    from astrocli import HAS_PYTORCH
+    from astrocli import HAS_PYTORCH  # lazy: keeps start-up torch-free
     from astrocli.models.loading import load_model_from_checkpoint
 
     if not HAS_PYTORCH:

@@ -27,7 +27,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from astrocli.devices import free_memory_bytes
-from astrocli.models import count_params, create_model
+from astrocli.errors import AstroError
+from astrocli.models import count_params, create_model, get_model_info
 
 # ---------------------------------------------------------------------------------------------
 # MACs
@@ -220,8 +221,6 @@ def _isolated_throughput(
     import subprocess
     import sys
 
-    from astrocli.errors import AstroError
-
     args = [name, num_classes, img_size, in_chans, batch_size, warmup, repeats, torch.get_num_threads()]
     code = (
         "import json, sys; from astrocli.models.cost import _throughput_in_fresh_process as run; "
@@ -297,9 +296,6 @@ def measure_throughput(
 
 def model_family(name: str) -> str:
     """The zoo's family for ``name`` (``timm`` for ``timm/<name>``; the name's stem if unknown)."""
-    from astrocli.errors import AstroError
-    from astrocli.models import get_model_info
-
     try:
         return str(get_model_info(name).family)
     except AstroError:  # a run of a model the zoo no longer has still gets a readable family
@@ -308,15 +304,11 @@ def model_family(name: str) -> str:
 
 def check_model_name(name: str) -> None:
     """Raise the zoo's one-line error (an AstroError with close matches) for an unknown name."""
-    from astrocli.models import get_model_info
-
     get_model_info(name)
 
 
 def default_img_size(name: str) -> int:
     """The model's default input size."""
-    from astrocli.models import get_model_info
-
     return int(get_model_info(name).default_img_size)
 
 
