@@ -23,7 +23,7 @@ from PIL import Image
 
 from astrocli.checkpoint import CheckpointMeta, load_checkpoint
 from astrocli.data import build_datasets
-from astrocli.engine.trainer import train
+from astrocli.engine.launch import train
 from astrocli.errors import DataError, RecipeError
 from astrocli.images.arrays import ArrayReader
 from astrocli.images.scaling import check_scaling, scale_image

@@ -1,5 +1,5 @@
 """The parts of a training run, each built from the recipe: seeds, autocast, batches, model,
-optimizer, schedule and loss. :func:`astrocli.engine.trainer.build_trainer` puts them together.
+optimizer, schedule and loss. :func:`astrocli.engine.launch.build_trainer` puts them together.
 
 Everything the papers used comes from timm (optimizers, schedulers, losses, Mixup, EMA).
 """
