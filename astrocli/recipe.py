@@ -531,6 +531,11 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         if isinstance(value, (list, tuple)):
             return [_coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
         raise fail
+    return _coerce_scalar(value, tp, path, fail)
+
+
+def _coerce_scalar(value: Any, tp: Any, path: str, fail: RecipeError) -> Any:
+    """The plain types of :func:`_coerce`: bool, int, float, str (and Any, taken as given)."""
     if tp is bool:
         if isinstance(value, bool):
             return value
