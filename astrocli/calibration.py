@@ -100,7 +100,7 @@ def reliability_path(plot: str | Path) -> Path:
 
 def plot_reliability(report: dict[str, Any], path: str | Path) -> None:
     """Atomically save the reliability diagram (accuracy against confidence per bin, raw and calibrated)."""
-    import matplotlib  # lazy: keeps start-up torch-free (and matplotlib-free)
+    import matplotlib  # matplotlib loads only to draw
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

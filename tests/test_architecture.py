@@ -288,6 +288,32 @@ def test_function_level_imports_say_why() -> None:
     assert unmarked == [], f"an import inside a function needs a '{LAZY_MARK} <reason>' comment: {unmarked}"
 
 
+def loads_on_first_use(path: Path) -> bool:
+    """Whether a module defines ``__getattr__`` (PEP 562: names loaded on first use, e.g. astrocli.engine)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return any(isinstance(node, ast.FunctionDef) and node.name == "__getattr__" for node in tree.body)
+
+
+def test_lazy_imports_keep_something_out() -> None:
+    # An astrocli import inside a function must spare the importer an outside package (torch, PIL,
+    # matplotlib, ...) at module level; one that loads nothing new only hid a circle, or is noise.
+    files = source_files()
+    imports, modules = all_imports(), set(files)
+
+    def outside(module: str) -> set[str]:
+        return {name for name in module_level_closure(module, imports, modules) if name[0] == "!"}
+
+    noise = sorted(
+        f"astrocli/{imp.module.replace('.', '/')}:{imp.line} imports {imp.target}"
+        for imp in imports
+        if imp.in_function
+        and imp.internal
+        and not outside(imp.target) - outside(imp.module)
+        and not loads_on_first_use(files[imp.target])
+    )
+    assert noise == [], "move these imports to the top of their module"
+
+
 # -- sizes ----------------------------------------------------------------------------------------
 
 

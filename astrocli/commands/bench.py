@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from astrocli.devices import resolve_device
 from astrocli.errors import AstroError
-from astrocli.output import OutputFormat
+from astrocli.output import OutputFormat, make_console, render_text
 
 if TYPE_CHECKING:
     import torch
@@ -52,7 +53,7 @@ _RUN_COLUMNS = (
 
 def _render_table(rows: list[dict[str, Any]], columns: tuple, title: str) -> str:
     """Rows as a rich table, rendered to text (so it can go to stdout or a file alike)."""
-    from rich.table import Table  # lazy: keeps start-up torch-free
+    from rich.table import Table
 
     shown = [c for c in columns if any(row.get(c[0]) is not None for row in rows)]
     table = Table(title=title)
@@ -61,7 +62,6 @@ def _render_table(rows: list[dict[str, Any]], columns: tuple, title: str) -> str
         table.add_column(header, justify="left" if text else "right", no_wrap=key in ("model", "run"))
     for row in rows:
         table.add_row(*("-" if row.get(key) is None else fmt(row[key]) for key, _, fmt in shown))
-    from astrocli.output import render_text  # lazy: keeps start-up torch-free
 
     return render_text(table)  # stdout's width, or unwrapped when piped (no run path cut in two)
 
@@ -89,7 +89,6 @@ def _emit(text: str, output: Path | None) -> None:
 
 def _bench_runs(runs_dir: Path, plot: Path | None, fmt: OutputFormat, output: Path | None) -> None:
     from astrocli.experiments.runs import plot_scaling, read_runs  # lazy: keeps start-up torch-free
-    from astrocli.output import make_console
 
     runs = read_runs(runs_dir)
     if not runs:
@@ -119,7 +118,6 @@ def _model_names(models: list[str] | None, all_models: bool) -> list[str]:
 def _bench_models(names: list[str], **settings: Any) -> list[dict[str, Any]]:
     """One row per model (:func:`astrocli.models.cost.bench_model`), a status line meanwhile."""
     from astrocli.models.cost import bench_model  # lazy: keeps start-up torch-free
-    from astrocli.output import make_console
 
     status = make_console(stderr=True)
     rows = []
@@ -189,7 +187,6 @@ def bench_command(
             raise AstroError("--runs reports finished runs; do not name models or --all with it")
         _bench_runs(runs, plot, fmt, output)
         return
-    from astrocli.devices import resolve_device  # lazy: keeps start-up torch-free
 
     names = _model_names(models, all_models)
     if not (params or flops or throughput):

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from astrocli.commands.cv import METRIC_LABELS
+from astrocli.output import make_console
 
 
 def _label(key: str) -> str:
@@ -77,7 +78,6 @@ def compare_command(
     """Compare two runs, two cv folders (paired differences with a 95% CI), or a cv with its target."""
     from astrocli.experiments.compare import compare_paths, dumps  # lazy: keeps start-up torch-free
     from astrocli.files import atomic_write_text
-    from astrocli.output import make_console
 
     report = compare_paths(a, b)
     console = make_console(highlight=False)

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from astrocli.commands.options import Overrides, RecipeOption
+from astrocli.output import make_console
 
 METRIC_LABELS = {
     "top1": "top-1 %",
@@ -49,8 +50,6 @@ def cv_table(report: dict[str, Any], title: str) -> Any:
 
 def print_report(report: dict[str, Any], parent: Path) -> None:
     """The cv table, what it was selected on, and where cv.json is."""
-    from astrocli.output import make_console  # lazy: keeps start-up torch-free
-
     console = make_console(highlight=False)
     runs = len(report["runs"])
     title = (

@@ -11,7 +11,7 @@ import typer
 
 from astrocli.commands.options import DeviceOption
 from astrocli.errors import AstroError
-from astrocli.output import FORMAT_HELP, OutputFormat
+from astrocli.output import FORMAT_HELP, OutputFormat, make_console, rows_csv
 
 
 def _summary_table(report: dict[str, Any]) -> Any:
@@ -89,9 +89,7 @@ def _confusion_table(report: dict[str, Any]) -> Any:
 
 def _machine_output(report: dict[str, Any], fmt: OutputFormat) -> str:
     """``--format json``: the report as ``--json`` writes it; ``csv``: per-class rows, then the averages."""
-    import json  # lazy: keeps start-up torch-free
-
-    from astrocli.output import rows_csv
+    import json
 
     if fmt is OutputFormat.json:
         return json.dumps(report, indent=2) + "\n"
@@ -165,7 +163,6 @@ def eval_command(
     """Evaluate a model on the split its recipe validated on (or the one the overrides name)."""
     from astrocli.inference.evaluate import evaluate  # lazy: keeps start-up torch-free
     from astrocli.inference.runner import load_runner
-    from astrocli.output import make_console
 
     # With --format json/csv stdout carries the data only; the messages go to stderr.
     console = make_console(stderr=fmt is not OutputFormat.table)

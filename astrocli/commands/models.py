@@ -9,7 +9,7 @@ import typer
 
 from astrocli.commands.options import FormatOption
 from astrocli.errors import AstroError
-from astrocli.output import OutputFormat
+from astrocli.output import OutputFormat, make_console, rows_csv
 
 
 def _describe(name: str, with_macs: bool, num_classes: int) -> dict[str, Any]:
@@ -35,8 +35,6 @@ def _describe(name: str, with_macs: bool, num_classes: int) -> dict[str, Any]:
 
 def _print_table(rows: list[dict[str, Any]], num_classes: int) -> None:
     from rich.table import Table  # lazy: keeps start-up torch-free
-
-    from astrocli.output import make_console
 
     table = Table(title=f"astro model zoo ({num_classes} classes, MACs for one image at the default size)")
     for column in ("name", "family", "img size", "params", "MACs"):
@@ -70,8 +68,6 @@ def models_command(
     if output_format is OutputFormat.json:
         print(json.dumps(rows, indent=2))
     elif output_format is OutputFormat.csv:
-        from astrocli.output import rows_csv  # lazy: keeps start-up torch-free
-
         print(rows_csv(rows), end="")
     else:
         _print_table(rows, num_classes)

@@ -9,7 +9,7 @@ import typer
 
 from astrocli.commands.options import DeviceOption, FormatOption
 from astrocli.errors import AstroError
-from astrocli.output import OutputFormat
+from astrocli.output import OutputFormat, make_console, rows_json
 
 if TYPE_CHECKING:
     from astrocli.inference.predict import Inputs
@@ -69,7 +69,6 @@ def predict_command(
         predict_files,
     )
     from astrocli.inference.runner import load_runner
-    from astrocli.output import make_console
     from astrocli.recipe import Recipe
 
     # With --format json/csv stdout carries the data only; the messages go to stderr.
@@ -114,7 +113,6 @@ def _show(
         predictions_csv,
         write_predictions,
     )
-    from astrocli.output import rows_json
 
     if fmt is OutputFormat.table:
         console.print(_table(rows, shown_k))

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from astrocli.commands.options import FormatOption
-from astrocli.output import OutputFormat
+from astrocli.output import OutputFormat, make_console, rows_csv, rows_json
 
 COLUMNS = ("name", "model", "dataset", "img_size", "epochs", "target")
 
@@ -36,8 +36,6 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
     from rich.markup import escape  # lazy: keeps start-up torch-free
     from rich.table import Table
 
-    from astrocli.output import make_console
-
     table = Table(title=f"{len(rows)} shipped recipes (astro train --recipe NAME)")
     for column in COLUMNS:
         # Names never fold (a recipe name cut in two cannot be pasted); the free text may.
@@ -60,9 +58,7 @@ def recipes_command(
     ] = False,
 ) -> None:
     """List the shipped recipes: name, model, dataset, image size and the paper result they target."""
-    import json  # lazy: keeps start-up torch-free
-
-    from astrocli.output import rows_csv, rows_json
+    import json
 
     rows = _recipe_rows()
     if as_json:

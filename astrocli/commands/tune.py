@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from astrocli.commands.options import RECIPE_HELP
+from astrocli.output import make_console
 
 
 class PrunerName(str, Enum):
@@ -62,7 +63,6 @@ def tune_command(
     Writes to <output.dir>/<name>-tune/: best.yaml, history.png, importance.png, trial<N>/ run dirs.
     """
     from astrocli.experiments.tune import run_tune  # lazy: keeps start-up torch-free
-    from astrocli.output import make_console
 
     console = make_console(highlight=False)
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from astrocli.checkpoint import save_checkpoint
 from astrocli.errors import AstroError
 from astrocli.files import atomic_write_bytes, atomic_write_text
 
@@ -156,8 +157,6 @@ class RunDir:
 
     def save_model(self, filename: str, state_dict: Mapping[str, torch.Tensor], meta: CheckpointMeta) -> None:
         """``best.safetensors`` or ``last.safetensors`` (atomic)."""
-        from astrocli.checkpoint import save_checkpoint  # lazy: keeps start-up torch-free
-
         save_checkpoint(self.path / filename, state_dict, meta)
 
     def load_resume(self, overrides: Sequence[str] = ()) -> tuple[ResumeState, Recipe]:

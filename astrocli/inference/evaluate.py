@@ -29,6 +29,7 @@ from astrocli.files import atomic_write_bytes, atomic_write_text
 from astrocli.inference.runner import Runner
 from astrocli.metrics import classification_metrics, expected_calibration_error, log_softmax, nll_loss
 from astrocli.recipe import Recipe, apply_override, recipe_from_dict
+from astrocli.stats import bootstrap_metrics
 
 
 def eval_recipe(meta: CheckpointMeta, overrides: Sequence[str] = ()) -> Recipe:
@@ -144,8 +145,6 @@ def evaluate(
     report = classification_metrics(np.exp(log_probs), targets, runner.class_names, loss=loss)
     report.update(calibration_report(np.exp(log_probs), np.exp(calibrated), targets, temperature))
     if ci_resamples > 0:
-        from astrocli.stats import bootstrap_metrics  # lazy: keeps start-up torch-free
-
         if len(targets) < 2:
             raise AstroError("--ci needs at least 2 evaluation images")
         intervals = bootstrap_metrics(
