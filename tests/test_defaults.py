@@ -159,7 +159,8 @@ def test_balanced_sampler_draws_classes_equally_and_reproducibly() -> None:
 
 
 def test_tensor_pipeline_draws_the_loader_s_balanced_order() -> None:
-    from astrocli.data.tensor_pipeline import TensorCache, TensorTrainBatches
+    from astrocli.data.tensor_cache import TensorCache
+    from astrocli.data.tensor_pipeline import TensorTrainBatches
 
     images = torch.randint(0, 255, (len(TARGETS), 3, 8, 8), dtype=torch.uint8)
     cache = TensorCache(images, torch.tensor(TARGETS))

@@ -29,7 +29,7 @@ from torch.utils.data import Dataset
 
 from astrocli.data.base import ArrayImageDataset, ImageFileDataset, NumpyStore, SourceData
 from astrocli.data.galaxy10 import H5Store
-from astrocli.data.tensor_pipeline import default_cache_dir
+from astrocli.data.tensor_cache import default_cache_dir
 from astrocli.errors import DataError, OutputError, RecipeError
 from astrocli.files import atomic_write_bytes
 from astrocli.images.arrays import (

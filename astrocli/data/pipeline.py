@@ -23,6 +23,7 @@ import torch
 from astrocli.data.batches import BatchSource
 from astrocli.data.loader import LoaderBatches
 from astrocli.data.sources import DatasetBundle
+from astrocli.data.tensor_cache import fits_in_memory
 from astrocli.data.transforms import build_eval_transform, build_mixup, build_train_transform
 from astrocli.errors import AstroError
 from astrocli.recipe import Recipe
@@ -58,7 +59,7 @@ def choose_pipeline(recipe: Recipe, dataset: Any) -> str:
                 "use data.pipeline=loader"
             )
         return "tensor"
-    if module is not None and module.fits_in_memory(dataset, recipe):
+    if module is not None and fits_in_memory(dataset, recipe):
         return "tensor"
     return "loader"
 
