@@ -199,7 +199,8 @@ def test_every_module_has_a_layer_and_none_imports_from_above() -> None:
     assert not modules - set(index), (
         f"modules without a layer in docs/architecture.md: {modules - set(index)}"
     )
-    assert upward_imports(all_imports(), index) == []
+    upward = upward_imports(all_imports(), index)
+    assert not upward, "import from a higher layer: " + "; ".join(upward)
 
 
 def test_no_import_circle() -> None:
@@ -272,7 +273,8 @@ def heavy_imports(imports: list[Import], modules: set[str]) -> list[str]:
 
 
 def test_torch_free_modules_import_no_torch_at_module_level() -> None:
-    assert heavy_imports(all_imports(), set(source_files())) == []
+    heavy = heavy_imports(all_imports(), set(source_files()))
+    assert not heavy, "torch-free module (docs/architecture.md): " + "; ".join(heavy)
 
 
 def test_function_level_imports_say_why() -> None:
@@ -285,7 +287,7 @@ def test_function_level_imports_say_why() -> None:
             if imp.in_function and not imp.marked and (imp.internal or imp.target.split(".")[0] in PYTORCH)
         }
     )
-    assert unmarked == [], f"an import inside a function needs a '{LAZY_MARK} <reason>' comment: {unmarked}"
+    assert not unmarked, f"an import inside a function needs a '{LAZY_MARK} <reason>' comment: {unmarked}"
 
 
 def loads_on_first_use(path: Path) -> bool:
@@ -311,7 +313,7 @@ def test_lazy_imports_keep_something_out() -> None:
         and not outside(imp.target) - outside(imp.module)
         and not loads_on_first_use(files[imp.target])
     )
-    assert noise == [], "move these imports to the top of their module"
+    assert not noise, "a lazy import that loads nothing new; move it to the top: " + "; ".join(noise)
 
 
 # -- sizes ----------------------------------------------------------------------------------------
@@ -330,7 +332,7 @@ def test_no_file_or_function_too_long() -> None:
                 length = (node.end_lineno or node.lineno) - node.body[0].lineno + 1
                 if length > MAX_FUNCTION_LINES:
                     too_long.append(f"{module}.{node.name}: {length} lines")
-    assert too_long == []
+    assert not too_long, f"over {MAX_FILE_LINES} lines a file or {MAX_FUNCTION_LINES} a function: {too_long}"
 
 
 if __name__ == "__main__":  # a quick look at the graph: python tests/test_architecture.py

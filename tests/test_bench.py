@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from helpers import run_astro_narrow
 from torch import nn
 from typer.testing import CliRunner
 
@@ -222,3 +223,36 @@ def test_cli_runs_table_and_scaling_plot(tmp_path: Path) -> None:
 def test_read_runs_missing_dir_is_a_user_error(tmp_path: Path) -> None:
     with pytest.raises(AstroError, match="does not exist"):
         runs_module.read_runs(tmp_path / "nope")
+
+
+# -- astro bench --runs: runs from their own summary, grouped by data set --------------------------
+
+
+def write_summary_run(
+    root: Path, name: str, model: str, source: str, top1: float, params: int, in_chans: int
+) -> None:
+    run = root / name
+    run.mkdir(parents=True)
+    recipe = {"model": {"name": model}, "data": {"img_size": 32, "source": source, "in_chans": in_chans}}
+    (run / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    summary = {"model": model, "best_top1": top1, "params": params, "data_source": source, "num_classes": 10}
+    (run / "summary.json").write_text(json.dumps(summary))
+
+
+def test_bench_runs_use_summary_params_and_keep_datasets_apart(tmp_path: Path, monkeypatch, capsys) -> None:
+    runs = tmp_path / "runs-with-a-long-directory-name-that-a-narrow-terminal-would-fold"
+    write_summary_run(runs, "digits-cct2", "cct_2_3x2_32", "digits", 95.0, 282_571, in_chans=1)
+    write_summary_run(runs, "digits-cct4", "cct_4_3x2_32", "digits", 97.0, 480_000, in_chans=1)
+    write_summary_run(runs, "cifar-cct2", "cct_2_3x2_32", "cifar10", 70.0, 283_723, in_chans=3)
+    results = {Path(r.run).name: r for r in runs_module.read_runs(runs)}
+    assert results["digits-cct2"].params == 282_571 and results["cifar-cct2"].params == 283_723
+    one_channel = create_model("cct_2_3x2_32", 10, 32, in_chans=1, device="meta")
+    assert results["digits-cct2"].macs == bench.count_macs(one_channel, 32, in_chans=1)
+    curves = runs_module.scaling_curves(list(results.values()), "params")
+    assert curves == {  # third element: half the 95% interval, 0 for single runs (cv parents have one)
+        "cct (cifar10)": [(283_723, 70.0, 0.0)],
+        "cct (digits)": [(282_571, 95.0, 0.0), (480_000, 97.0, 0.0)],
+    }
+
+    code, out = run_astro_narrow(["bench", "--runs", runs], monkeypatch, capsys)
+    assert code == 0 and str(runs / "digits-cct2") in out and "digits" in out and "cifar10" in out
