@@ -156,7 +156,7 @@ def bare_main(recipe_path: str, channels_last: bool) -> None:
     from timm.optim import create_optimizer_v2
 
     from astrocli.data import build_datasets
-    from astrocli.defaults import data_facts, resolve_defaults
+    from astrocli.data.defaults import data_facts, resolve_defaults
     from astrocli.engine.build import build_train_loss
     from astrocli.models import create_model
     from astrocli.recipe import load_recipe

@@ -1,5 +1,5 @@
 """Channels-last against contiguous memory format for a training step on the CPU: keeps the table
-``astrocli.defaults.CHANNELS_LAST_CPU`` (what ``train.channels_last: auto`` picks) true.
+``astrocli.data.defaults.CHANNELS_LAST_CPU`` (what ``train.channels_last: auto`` picks) true.
 
 For each model, the same training step (forward, cross-entropy, backward, AdamW) on one batch of
 random images, timed in alternating rounds in three layouts:
@@ -33,7 +33,7 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from astrocli.defaults import channels_last_on_cpu  # noqa: E402
+from astrocli.data.defaults import channels_last_on_cpu  # noqa: E402
 from astrocli.models import create_model  # noqa: E402
 
 LAYOUTS = ("contiguous", "input-cl", "channels-last")

@@ -107,7 +107,8 @@ def test_persistent_workers_train_the_same_weights_and_resume_exactly(
 def test_calibration_reuses_the_last_evaluation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No extra pass over the validation split after training: the temperatures come from the logits
     the last evaluations kept, and equal a fresh pass over the checkpoints' weights."""
-    import astrocli.calibration as calibration
+    import astrocli.engine.calibrate as calibration
+    from astrocli.calibration import fit_temperature
     from astrocli.data import build_datasets
     from astrocli.data.pipeline import build_eval_batches
     from astrocli.engine.build import build_model
@@ -126,7 +127,7 @@ def test_calibration_reuses_the_last_evaluation(tmp_path: Path, monkeypatch: pyt
         model = build_model(recipe, bundle.num_classes, load_weights=False)
         model.load_state_dict(state)
         logits, targets = collect(model, batches, torch.device("cpu"))
-        expected = calibration.fit_temperature(logits, targets)
+        expected = fit_temperature(logits, targets)
         assert meta.temperature == pytest.approx(expected, rel=1e-6)
 
 
@@ -145,7 +146,7 @@ def test_calibration_reuses_the_last_evaluation(tmp_path: Path, monkeypatch: pyt
 def test_channels_last_auto_follows_the_measured_table(
     monkeypatch: pytest.MonkeyPatch, setting: object, model: str, device: str | None, expected: object
 ) -> None:
-    import astrocli.defaults as defaults
+    import astrocli.data.defaults as defaults
 
     monkeypatch.setattr(defaults, "CHANNELS_LAST_CPU", {"resnet": True, "cct_": False})
     recipe = load_recipe(None, [f"model.name={model}", f"train.channels_last={str(setting).lower()}"])
@@ -163,7 +164,7 @@ def test_channels_last_auto_is_recorded_and_kept_on_resume(
     import json
     import signal
 
-    import astrocli.defaults as defaults
+    import astrocli.data.defaults as defaults
 
     monkeypatch.setattr(defaults, "CHANNELS_LAST_CPU", {"resnet": True})
     layouts = []

@@ -36,7 +36,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from timm.models.maxxvit import MaxxVit
 
+from astrocli.data import build_datasets
+from astrocli.devices import resolve_device
+from astrocli.errors import AstroError, first_line
 from astrocli.recipe import Recipe, given_keys, mark_given
 
 SMALL_IMAGE = 64  # up to this size: pad-and-crop; above: random-resized crop
@@ -349,10 +353,7 @@ def attention_tokens(model: Any, img_size: int) -> int | None:
     tokenizer = getattr(model, "tokenizer", None)
     if tokenizer is not None and hasattr(tokenizer, "sequence_length"):
         return int(tokenizer.sequence_length(img_size))
-    try:
-        from timm.models.maxxvit import MaxxVit
-    except ImportError:  # pragma: no cover - timm is a dependency
-        return None
+
     if isinstance(model, MaxxVit):
         # The transformer stage is the last one (C-C-C-T); its feature map is img_size / reduction.
         reduction = int(model.feature_info[-1]["reduction"])
@@ -432,9 +433,6 @@ def resolve_for_print(recipe: Recipe) -> tuple[Recipe, list[str]]:
 
 def _device_type(spec: str) -> str | None:
     """``cpu``/``cuda`` for ``train.device`` here, or None when it cannot be resolved here."""
-    from astrocli.devices import resolve_device
-    from astrocli.errors import AstroError
-
     try:
         return resolve_device(spec, option="train.device").type
     except AstroError:
@@ -442,9 +440,6 @@ def _device_type(spec: str) -> str | None:
 
 
 def _data_defaults_for_print(recipe: Recipe) -> tuple[Recipe, list[str]]:
-    from astrocli.data import build_datasets
-    from astrocli.errors import AstroError, first_line
-
     if recipe.augment.preset == "none":
         return recipe, ["augment.preset none: keys the recipe leaves out keep their fixed defaults"]
     probe = copy.deepcopy(recipe)
