@@ -265,6 +265,90 @@ def report(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def paired_steps(opts: argparse.Namespace, data: Path) -> None:
+    """Step-level pairs in one process, immune to the load swings of a shared machine: astro's
+    ``train()`` runs with a step hook that, before each of astro's steps, runs one bare step (its
+    own batch from its own source, forward, loss, backward, AdamW) and times it. Astro's step is the
+    time between two hooks minus the bare step inside; the two steps of a pair ran back to back."""
+    import torch
+
+    for model in opts.models:
+        for pipeline in opts.pipelines:
+            with tempfile.TemporaryDirectory(prefix="astro-pairs-") as tmp:
+                astro, bare = paired_run(write_recipe(Path(tmp), data, model, pipeline, opts))
+            ratios = [a / b for a, b in zip(astro, bare, strict=True)]
+            q1, _, q3 = statistics.quantiles(ratios, n=4)
+            print(
+                f"{model} {pipeline} ({torch.get_num_threads()} threads, load {load_average():.1f}): "
+                f"{len(ratios)} step pairs, astro/bare step time median {statistics.median(ratios):.3f} "
+                f"(quartiles {q1:.3f}-{q3:.3f}); astro {opts.batch_size / statistics.median(astro):.1f} "
+                f"img/s, bare {opts.batch_size / statistics.median(bare):.1f} img/s (median steps)",
+                flush=True,
+            )
+
+
+def paired_run(recipe_path: Path) -> tuple[list[float], list[float]]:
+    """Astro's step seconds and the bare step seconds, pair by pair (the first pair is dropped)."""
+    from astrocli.engine import train
+    from astrocli.recipe import load_recipe
+
+    bare: dict = {}
+    stamps: list[tuple[int, float]] = []  # (epoch, time just before astro's step)
+    inner: list[float] = []  # the bare step run just before it
+
+    def hook(trainer, epoch: int, step: int) -> None:  # noqa: ANN001
+        if not bare:  # the first hook: astro's recipe is resolved now; build the bare side from it
+            bare.update(bare_parts(trainer.recipe, trainer.bundle, trainer.device))
+        start = time.perf_counter()
+        x, y = next(bare["batches"])
+        loss = bare["loss"](bare["model"](x), y)
+        bare["optimizer"].zero_grad(set_to_none=True)
+        loss.backward()
+        bare["optimizer"].step()
+        inner.append(time.perf_counter() - start)
+        stamps.append((epoch, time.perf_counter()))
+
+    overrides = ["output.log=quiet", "output.plots=false", "train.calibrate=false"]
+    train(load_recipe(recipe_path, overrides), step_hook=hook)
+    # Astro's step i runs from stamp i to stamp i+1, less the bare step i+1 run in between; pairs
+    # across an epoch's end (evaluation in between) and each run's very first step are left out.
+    astro, paired = [], []
+    for i in range(1, len(stamps) - 1):
+        (epoch, t), (next_epoch, t_next) = stamps[i], stamps[i + 1]
+        if epoch == next_epoch:
+            astro.append(t_next - t - inner[i + 1])
+            paired.append(inner[i])
+    return astro, paired
+
+
+def bare_parts(recipe, bundle, device) -> dict:  # noqa: ANN001
+    """The bare side of :func:`paired_steps`: model, optimizer, loss and an endless batch iterator."""
+    import torch
+    from timm.optim import create_optimizer_v2
+
+    from astrocli.engine.build import build_train_loss
+    from astrocli.models import create_model
+
+    train_batches, _ = bare_sources(recipe, bundle, device)
+    fmt = torch.channels_last if recipe.train.channels_last is True else torch.contiguous_format
+    model = create_model(recipe.model.name, num_classes=bundle.num_classes, img_size=recipe.data.img_size)
+    model = model.to(device, memory_format=fmt).train()
+    t = recipe.train
+    optimizer = create_optimizer_v2(model, opt="adamw", lr=t.lr, weight_decay=t.weight_decay)
+
+    def endless():  # noqa: ANN202
+        epoch = 0
+        while True:
+            if hasattr(train_batches, "set_epoch"):
+                train_batches.set_epoch(epoch)
+            for x, y in train_batches:
+                yield x.contiguous(memory_format=fmt), y
+            epoch += 1
+
+    loss = build_train_loss(recipe, getattr(train_batches, "mixup", None) is not None)
+    return {"model": model, "optimizer": optimizer, "batches": endless(), "loss": loss}
+
+
 def ends(opts: argparse.Namespace) -> None:
     """Seconds from the process start to the first step and from the last epoch to exit, alternating
     this checkout and ``--baseline`` on one recipe (e.g. the quick start), medians of ``--rounds``."""
@@ -304,6 +388,9 @@ def main() -> None:
     parser.add_argument("--astro-args", nargs="*", default=[], help="overrides for the astro arm")
     parser.add_argument("--out", type=Path, help="write every record as JSON here")
     parser.add_argument(
+        "--paired", action="store_true", help="step pairs in one process (astro step, bare step, ...)"
+    )
+    parser.add_argument(
         "--ends", metavar="RECIPE", help="only start-up and ending: astro (and --baseline) on RECIPE"
     )
     opts = parser.parse_args()
@@ -312,6 +399,14 @@ def main() -> None:
         return
     if opts.ends:
         ends(opts)
+        return
+    if opts.paired:
+        data = (
+            opts.data
+            if opts.data.suffix != ".zip"
+            else extract_subset(opts.data, opts.train_images, opts.val_images)
+        )
+        paired_steps(opts, data)
         return
     data = (
         extract_subset(opts.data, opts.train_images, opts.val_images)
