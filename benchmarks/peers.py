@@ -94,8 +94,10 @@ def run_yolo(data: Path, work: Path, budget_s: float, opts: argparse.Namespace) 
     env = {**os.environ, "YOLO_OFFLINE": "1", "YOLO_VERBOSE": "False"}
     args = [str(data), str(work / "yolo"), str(budget_s / 3600), str(opts.workers)]
     start = time.perf_counter()
+    # In the round's temporary folder: Ultralytics' MLflow callback (MLflow is installed with astro's
+    # extras) writes mlflow.db and mlruns/ into the working directory.
     proc = subprocess.run(
-        [opts.peers_python, "-c", YOLO_SCRIPT, *args], capture_output=True, text=True, env=env
+        [opts.peers_python, "-c", YOLO_SCRIPT, *args], capture_output=True, text=True, env=env, cwd=work
     )
     wall = time.perf_counter() - start
     results = work / "yolo" / "run" / "results.csv"
