@@ -269,8 +269,9 @@ def run_metrics(summary: dict[str, Any]) -> dict[str, float]:
     return values
 
 
-def aggregate(parent: str | Path) -> dict[str, Any]:
-    """Write ``PARENT/cv.json`` from the finished runs and return it.
+def aggregate(parent: str | Path, write: bool = True) -> dict[str, Any]:
+    """Write ``PARENT/cv.json`` from the finished runs and return it (``write=False``: only return it;
+    ``astro compare`` reads cv folders without writing into them).
 
     Raises:
         AstroError: ``parent`` is not a cv folder, or no run in it has finished.
@@ -315,7 +316,8 @@ def aggregate(parent: str | Path) -> dict[str, Any]:
         "missing": missing,
         "metrics": metrics,
     }
-    atomic_write_text(parent / CV_FILE, json.dumps(report, indent=2) + "\n")
+    if write:
+        atomic_write_text(parent / CV_FILE, json.dumps(report, indent=2) + "\n")
     return report
 
 

@@ -121,6 +121,11 @@ class RunDir:
     def write_summary(self, summary: Mapping[str, Any]) -> None:
         atomic_write_text(self.path / SUMMARY_FILE, json.dumps(summary, indent=2))
 
+    def read_split(self) -> dict[str, Any] | None:
+        """split.json (the data, the split and which images went where), or None when absent."""
+        path = self.path / "split.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
     def read_summary(self) -> dict[str, Any] | None:
         """A finished run's ``summary.json``, or None (raises json.JSONDecodeError when damaged)."""
         path = self.path / SUMMARY_FILE
