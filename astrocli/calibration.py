@@ -32,6 +32,10 @@ from astrocli.errors import AstroError
 from astrocli.metrics import ECE_BINS, expected_calibration_error, softmax, to_numpy
 
 T_RANGE = (0.05, 20.0)  # a temperature outside this means the fit went wrong: clamp
+# Below these a fitted temperature says more about the few images than about the model (a T of 20
+# fitted on 10 images made every prediction 0.10 over 10 classes): T = 1 is kept instead.
+MIN_IMAGES = 50
+MIN_MISTAKES = 5
 
 
 def fit_temperature(logits: Any, targets: Any, max_iter: int = 100) -> float:
@@ -73,6 +77,51 @@ def calibration_summary(logits: Any, targets: Any, temperature: float) -> dict[s
         "temperature": float(temperature),
         "ece": expected_calibration_error(softmax(z), y),
         "ece_calibrated": expected_calibration_error(softmax(z / temperature), y),
+    }
+
+
+def _refusal(num_images: int, mistakes: int) -> str | None:
+    if num_images < MIN_IMAGES:
+        return f"{num_images} held-out images are too few to fit a temperature on (at least {MIN_IMAGES})"
+    if mistakes < MIN_MISTAKES:
+        return (
+            f"{mistakes} mistakes among {num_images} held-out images are too few to fit on "
+            f"(at least {MIN_MISTAKES})"
+        )
+    return None
+
+
+def calibrate_logits(logits: Any, targets: Any) -> dict[str, Any]:
+    """Fit ``T`` on these held-out logits and keep it only when it can be trusted; else ``T = 1``.
+
+    ``T = 1`` (``applied: False`` and the ``reason``) when there are fewer than :data:`MIN_IMAGES`
+    images or :data:`MIN_MISTAKES` mistakes, when the fit ends at a bound of :data:`T_RANGE`, or when
+    it does not lower the ECE of these same images (the NLL optimum need not lower the ECE).
+    Returns ``temperature`` (the one to store), ``applied``, ``reason``, ``fitted_temperature``,
+    ``ece``, ``ece_calibrated`` (at the stored ``T``), ``num_images`` and ``mistakes``.
+    """
+    z, y = to_numpy(logits).astype(np.float64), to_numpy(targets).astype(np.int64)
+    mistakes = int((z.argmax(axis=1) != y).sum()) if len(y) else 0
+    reason = _refusal(len(y), mistakes)
+    fitted = fit_temperature(z, y) if reason is None else 1.0
+    fit = calibration_summary(z, y, fitted)
+    if reason is None and not T_RANGE[0] * 1.001 < fitted < T_RANGE[1] * 0.999:
+        reason = f"the fitted temperature {fitted:.3g} is at the bound of {T_RANGE[0]:g}..{T_RANGE[1]:g}"
+    if reason is None and not fit["ece_calibrated"] < fit["ece"]:
+        reason = (
+            f"temperature {fitted:.3g} does not lower the held-out ECE "
+            f"({fit['ece']:.4f} -> {fit['ece_calibrated']:.4f})"
+        )
+    applied = reason is None
+    return {
+        "temperature": fitted if applied else 1.0,
+        "applied": applied,
+        "reason": reason,
+        "fitted_temperature": fitted,
+        "ece": fit["ece"],
+        "ece_calibrated": fit["ece_calibrated"] if applied else fit["ece"],
+        "num_images": int(len(y)),
+        "mistakes": mistakes,
     }
 
 
@@ -186,11 +235,12 @@ def collect_logits(model: Any, batches: Any, device: Any, amp_dtype: Any = None)
     return logits.double().cpu(), targets.cpu()
 
 
-def calibrate_after_training(trainer: Any) -> dict[str, float] | None:
+def calibrate_after_training(trainer: Any) -> dict[str, Any] | None:
     """Fit ``T`` for the run's ``best`` and ``last`` checkpoints on the validation split and write it.
 
-    Returns the best checkpoint's summary (``temperature``, ``ece``, ``ece_calibrated``), or None
-    when there is nothing to calibrate. Every rank takes part (the logits are gathered).
+    Returns the best checkpoint's :func:`calibrate_logits` summary (``temperature`` 1 and a ``reason``
+    when the fit cannot be trusted), or None when there is nothing to calibrate. Every rank takes
+    part (the logits are gathered).
     """
     import torch
 
@@ -219,10 +269,10 @@ def calibrate_after_training(trainer: Any) -> dict[str, float] | None:
         logits, targets = collect_logits(model, trainer.eval_batches, trainer.device, trainer.amp_dtype)
         if len(targets) == 0:
             return None
-        summary = calibration_summary(logits, targets, fit_temperature(logits, targets))
+        summary = calibrate_logits(logits, targets)
         results[name] = summary
         if trainer.dist.is_main:
-            ece = {k: v for k, v in summary.items() if k != "temperature"}
+            ece = {k: summary[k] for k in ("ece", "ece_calibrated")}
             write_temperature(path, summary["temperature"], ece)
     return results.get("best") or results.get("last")
 
@@ -265,7 +315,7 @@ def calibrate_checkpoint(
     bundle = build_datasets(recipe.data)
     # Log-probabilities are the logits shifted per row, and softmax(z / T) ignores that shift.
     logits, _, targets = _collect(runner, bundle.val, batch_size, num_workers)
-    summary = calibration_summary(logits, targets, fit_temperature(logits, targets))
+    summary = calibrate_logits(logits, targets)
     write_temperature(runner.source, summary["temperature"])
     runner.meta.temperature = summary["temperature"]
     summary["split"] = (bundle.split_info or {}).get("heldout_split", recipe.data.split)
