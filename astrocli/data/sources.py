@@ -97,8 +97,11 @@ def load_source(cfg: DataConfig) -> SourceData:
     return source_fn(cfg)
 
 
-def build_datasets(cfg: DataConfig) -> DatasetBundle:
+def build_datasets(cfg: DataConfig, follow_bands: bool = False) -> DatasetBundle:
     """Build the train and held-out datasets for ``recipe.data``.
+
+    ``follow_bands``: the recipe left ``data.in_chans`` unset, so float-path data sets it to the
+    images' band count (recorded in ``cfg``, hence in recipe.yaml and the checkpoints).
 
     Resolves the normalisation statistics (the one place that does: ``data.mean``/``data.std`` when
     set, else the source's, or those measured on float data) into ``DatasetBundle.mean/std``, and
@@ -116,6 +119,8 @@ def build_datasets(cfg: DataConfig) -> DatasetBundle:
     from astrocli.data import arrays
 
     floating = arrays.wants_float(cfg, full_train)
+    if floating and follow_bands:
+        arrays.follow_bands(cfg, full_train)
     cfg.pixels = "float" if floating else "uint8"  # recorded in recipe.yaml and the checkpoints
     reader = arrays.ArrayReader.from_config(cfg) if floating else None
     if floating:

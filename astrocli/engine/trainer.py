@@ -49,7 +49,7 @@ from astrocli.errors import AstroError, first_line
 from astrocli.models import count_params
 from astrocli.notices import SkipLog, skipped_images_line
 from astrocli.progress import report_to as report_progress
-from astrocli.recipe import Recipe
+from astrocli.recipe import Recipe, given_keys
 
 if TYPE_CHECKING:
     from timm.scheduler.scheduler import Scheduler
@@ -779,11 +779,12 @@ def _load_bundle(recipe: Recipe, dist: ddp.DistInfo) -> DatasetBundle:
     """Build the datasets; under DDP rank 0 first (it may download), then the others."""
     from astrocli.data import build_datasets
 
+    follow = "data.in_chans" not in given_keys(recipe)  # unset: scientific data gives its band count
     if dist.is_main:
-        bundle = build_datasets(recipe.data)
+        bundle = build_datasets(recipe.data, follow_bands=follow)
     ddp.barrier()
     if not dist.is_main:
-        bundle = build_datasets(recipe.data)
+        bundle = build_datasets(recipe.data, follow_bands=follow)
     return bundle
 
 
