@@ -35,6 +35,7 @@ from astrocli.checkpoint import atomic_write_text
 from astrocli.engine.run_dir import RunDir
 from astrocli.errors import AstroError
 from astrocli.recipe import Recipe
+from astrocli.redact import redact_url
 from astrocli.stats import t_interval
 
 PLAN_FILE = "cv_plan.json"
@@ -163,7 +164,10 @@ def run_one(
         return run_dir
     if state == "resumable":
         say(f"{run.name}: resuming")
-        return train(resume_dir=run_dir, log=log, step_hook=step_hook)
+        # The run's recipe.yaml holds a tracking URL without its password: give the real one back.
+        uri = base.output.mlflow_uri
+        again = [f"output.mlflow_uri={uri}"] if uri and redact_url(uri) != uri else []
+        return train(resume_dir=run_dir, overrides=again, log=log, step_hook=step_hook)
     say(f"{run.name}: training")
     return train(run_recipe(base, run), run_dir=run_dir, log=log, step_hook=step_hook)
 

@@ -937,7 +937,7 @@ def train(
     loggers = [*(build_loggers(recipe, lambda text: console.warn(text)) if dist.is_main else []), *callbacks]
     ddp.init_distributed(dist, device)
     console = TrainConsole(log or recipe.output.log, enabled=dist.is_main)
-    if resume is not None and overrides:
+    if resume is not None and [o for o in overrides or [] if not o.strip().startswith("output.")]:
         console.warn(
             f"resuming with overrides {' '.join(overrides)}: the learning-rate schedule continues as saved "
             "(extra epochs run at train.min_lr)"
