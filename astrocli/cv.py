@@ -33,7 +33,7 @@ from typing import Any
 
 from astrocli.checkpoint import atomic_write_text
 from astrocli.engine.run_dir import RunDir
-from astrocli.errors import AstroError
+from astrocli.errors import AstroError, OutputError, write_error
 from astrocli.recipe import Recipe
 from astrocli.redact import redact_url
 from astrocli.stats import t_interval
@@ -121,6 +121,16 @@ def write_plan(parent: Path, base: Recipe, folds: int, repeats: int, seeds: int)
     """Record the plan, or check that it matches the one already in ``parent``."""
     plan = {"folds": folds, "repeats": repeats, "seeds": seeds, "recipe": base.to_dict()}
     path = parent / PLAN_FILE
+    try:
+        _write_plan(parent, path, plan)
+    except OSError as exc:  # a read-only or foreign output.dir: one line, not a traceback
+        error = write_error(path, exc)
+        if not isinstance(error, AstroError):
+            error = OutputError(f"cannot write {path} ({exc.strerror or exc}); choose a writable output.dir")
+        raise error from None
+
+
+def _write_plan(parent: Path, path: Path, plan: dict[str, Any]) -> None:
     if path.is_file():
         old = json.loads(path.read_text())
         if old != json.loads(json.dumps(plan)):
@@ -188,6 +198,8 @@ def run_cv(
 
     Writes ``cv.json`` at the end unless only one run was asked for (job arrays aggregate later).
     """
+    from astrocli.engine import TrainingInterrupted
+
     check_plan(folds, repeats, seeds)
     runs = plan_runs(folds, repeats, seeds)
     chosen = select_runs(runs, folds, repeats, fold, seed)
@@ -195,9 +207,16 @@ def run_cv(
     parent = parent_dir(base)
     write_plan(parent, base, folds, repeats, seeds)
     for number, run in enumerate(chosen, 1):
-        run_one(
-            base, run, parent, log, step_hook, say=lambda text, n=number: say(f"[{n}/{len(chosen)}] {text}")
-        )
+        prefix = f"[{number}/{len(chosen)}] "
+        try:
+            run_one(base, run, parent, log, step_hook, say=lambda text, p=prefix: say(p + text))
+        except TrainingInterrupted as exc:
+            # The fold saved its resume state; the cv resumes it (and runs the rest) on a re-run.
+            stopped = str(exc).split("; continue it with:")[0]
+            raise TrainingInterrupted(
+                f"{stopped} ({run.name}); re-run the same `astro cv` command to resume it and run the rest",
+                exit_code=exc.exit_code,
+            ) from None
     if fold is None:
         aggregate(parent)
     return parent

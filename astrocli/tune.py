@@ -38,7 +38,14 @@ import yaml
 from astrocli.checkpoint import atomic_write_bytes, atomic_write_text
 from astrocli.engine.loggers import Callback, has_module, missing_extra_message, parent_run
 from astrocli.errors import AstroError, RecipeError, first_line
-from astrocli.recipe import Recipe, given_keys, load_recipe, recipe_from_dict, set_given
+from astrocli.recipe import (
+    Recipe,
+    describe_yaml_error,
+    given_keys,
+    load_recipe,
+    recipe_from_dict,
+    set_given,
+)
 from astrocli.redact import scrub
 
 # train.select_metric -> the epoch-row key it is read from, and which way is better.
@@ -232,7 +239,7 @@ def load_space(path: str | Path, base: Mapping[str, Any]) -> list[Param]:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise AstroError(f"{path}: not valid YAML ({first_line(exc)})") from None
+        raise AstroError(describe_yaml_error(path, exc)) from None  # the line and column, as recipes
     return parse_space(data, base, str(path))
 
 
