@@ -146,31 +146,48 @@ def reliability_path(plot: str | Path) -> Path:
     return plot.with_name(f"{plot.stem}-reliability.png")
 
 
-def plot_reliability(report: dict[str, Any], path: str | Path) -> None:
-    """Atomically save the reliability diagram (accuracy against confidence per bin, raw and calibrated)."""
+def reliability_figure(report: dict[str, Any]) -> Any:
+    """Accuracy against confidence per bin, raw and calibrated; each point labelled with its image
+    count, so that a bin of one image is not read as a real dip."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ax.plot([0, 1], [0, 1], color="gray", linestyle="--", label="perfect calibration")
+    curves = [("raw", report["reliability"], report["ece"], 7)]
+    if "reliability_calibrated" in report:
+        label = f"T = {report['temperature']:.3g}"
+        curves.append((label, report["reliability_calibrated"], report["ece_calibrated"], -12))
+    for label, curve, ece, offset in curves:
+        columns = zip(curve["confidence"], curve["accuracy"], curve["count"], strict=True)
+        points = [(c, a, n) for c, a, n in columns if n]
+        if not points:
+            continue
+        (line,) = ax.plot(
+            [p[0] for p in points], [p[1] for p in points], marker="o", label=f"{label} (ECE {ece:.3f})"
+        )
+        for c, a, n in points:
+            ax.annotate(
+                str(n), (c, a), textcoords="offset points", xytext=(0, offset), ha="center",
+                fontsize=7, color=line.get_color(),
+            )  # fmt: skip
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top-1 probability)", ylabel="accuracy")
+    ax.set_title(f"{report.get('model', '')}: reliability (n={report['num_samples']}; images per bin)")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def plot_reliability(report: dict[str, Any], path: str | Path) -> None:
+    """Atomically save the reliability diagram (:func:`reliability_figure`) as PNG."""
     from astrocli.checkpoint import atomic_write_bytes
 
-    fig, ax = plt.subplots(figsize=(5.5, 5))
+    fig = reliability_figure(report)
+    import matplotlib.pyplot as plt
+
     try:
-        ax.plot([0, 1], [0, 1], color="gray", linestyle="--", label="perfect calibration")
-        curves = [("raw", report["reliability"], report["ece"])]
-        if "reliability_calibrated" in report:
-            label = f"T = {report['temperature']:.3g}"
-            curves.append((label, report["reliability_calibrated"], report["ece_calibrated"]))
-        for label, curve, ece in curves:
-            columns = zip(curve["confidence"], curve["accuracy"], curve["count"], strict=True)
-            points = [(c, a) for c, a, n in columns if n]
-            if points:
-                ax.plot(*zip(*points, strict=True), marker="o", label=f"{label} (ECE {ece:.3f})")
-        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top-1 probability)", ylabel="accuracy")
-        ax.set_title(f"{report.get('model', '')}: reliability (n={report['num_samples']})")
-        ax.legend(loc="upper left")
-        fig.tight_layout()
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=120)
     finally:
