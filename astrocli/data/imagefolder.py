@@ -65,7 +65,9 @@ def is_readable_image(path: str) -> bool:
     return unreadable_reason(path) is None
 
 
-def drop_unreadable(samples: list[tuple[str, int]], where: Path) -> tuple[list[tuple[str, int]], list]:
+def drop_unreadable(
+    samples: list[tuple[str, int]], where: Path
+) -> tuple[list[tuple[str, int]], list[tuple[str, str]]]:
     """``samples`` without the files PIL cannot identify, and those files as ``(path, reason)``; the
     bad paths go to one ``warning:`` line (printed directly: no warnings filter can hide it)."""
     good, bad = [], []
@@ -94,7 +96,10 @@ def index_folder(folder: Path, class_names: list[str], in_chans: int) -> ImageFi
     if not samples:
         raise DataError(f"{folder}: no images found (expected {folder}/<class>/<image>.jpg)")
     good, bad = drop_unreadable(samples, folder)
-    dataset = ImageFileDataset(good, in_chans)
+    return _with_unreadable(ImageFileDataset(good, in_chans), bad)
+
+
+def _with_unreadable(dataset: ImageFileDataset, bad: list[tuple[str, str]]) -> ImageFileDataset:
     dataset.unreadable = bad  # a run lists them in RUN_DIR/skipped-images.txt (engine/build.py)
     return dataset
 
@@ -172,7 +177,8 @@ def tiny_imagenet_val(base: Path, wnids: list[str], in_chans: int) -> ImageFileD
         if fields[1] not in index:
             raise DataError(f"{annotations}: unknown class '{fields[1]}' for {fields[0]}")
         samples.append((str(base / "val" / "images" / fields[0]), index[fields[1]]))
-    return ImageFileDataset(drop_unreadable(samples, base / "val"), in_chans)
+    good, bad = drop_unreadable(samples, base / "val")
+    return _with_unreadable(ImageFileDataset(good, in_chans), bad)
 
 
 def tiny_imagenet_source(cfg: DataConfig) -> SourceData:
