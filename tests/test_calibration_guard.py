@@ -13,7 +13,7 @@ from helpers import one_thread, run_astro, tiny_digits_overrides  # noqa: F401 (
 
 from astrocli.calibration import MIN_IMAGES, calibrate_logits, calibration_summary, fit_temperature
 from astrocli.checkpoint import load_checkpoint
-from astrocli.inference import load_runner
+from astrocli.inference.runner import load_runner
 from astrocli.metrics import softmax
 
 

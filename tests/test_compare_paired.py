@@ -18,9 +18,9 @@ import pytest
 from helpers import one_thread, run_astro  # noqa: F401 (autouse fixture)
 from scipy import stats
 
-from astrocli import cv
-from astrocli.compare import compare_paths
 from astrocli.errors import AstroError
+from astrocli.experiments import cv
+from astrocli.experiments.compare import compare_paths
 from astrocli.recipe import load_recipe
 from astrocli.stats import mcnemar_exact, paired_bootstrap
 

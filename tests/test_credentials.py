@@ -69,7 +69,7 @@ def test_no_password_in_run_files_metadata_logger_or_console(
 ) -> None:
     from mlflow.tracking import MlflowClient
 
-    from astrocli.export import export_checkpoint
+    from astrocli.inference.export import export_checkpoint
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     url = mlflow_server.replace("http://", f"http://astro:{SECRET}@")
@@ -114,7 +114,7 @@ def test_redaction_of_urls_and_messages(tmp_path: Path) -> None:
         "could not connect to postgresql://user:***@db/mlflow: password '***' refused"
     )
     pytest.importorskip("optuna")
-    from astrocli.tune import make_storage
+    from astrocli.experiments.tune import make_storage
 
     with pytest.raises(AstroError) as error:  # a tune --storage URL that cannot be opened
         make_storage(f"postgresql://tuner:{SECRET}@127.0.0.1:1/study")

@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 from helpers import one_thread, run_astro, tiny_digits_overrides  # noqa: F401 (autouse fixture)
-from test_bad_inputs import readonly_dir  # noqa: F401 (a folder nobody can write: a read-only tmpfs as root)
 
-from astrocli import cv
 from astrocli.engine import TrainingInterrupted
+from astrocli.experiments import cv
 from astrocli.recipe import load_recipe
 
 
@@ -25,7 +24,7 @@ def one_line(code: int, err: str, *expected: str) -> None:
 
 
 def test_cv_into_an_unwritable_folder_is_one_line(
-    readonly_dir: Path,  # noqa: F811 (the fixture imported above)
+    readonly_dir: Path,  # conftest.py: a folder nobody can write (a read-only tmpfs as root)
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture,
 ) -> None:

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from astrocli.commands.cv import METRIC_LABELS
+from astrocli.output import make_console
 
 
 def _label(key: str) -> str:
@@ -84,9 +85,8 @@ def compare_command(
     ] = False,
 ) -> None:
     """Compare two runs or two cv folders (paired differences with a 95% CI), or a cv with its target."""
-    from astrocli.checkpoint import atomic_write_text, check_writable
-    from astrocli.compare import compare_paths, dumps
-    from astrocli.output import make_console
+    from astrocli.experiments.compare import compare_paths, dumps  # lazy: keeps start-up torch-free
+    from astrocli.files import atomic_write_text, check_writable
 
     if json_path is not None:
         check_writable(json_path)

@@ -28,7 +28,7 @@ def train_command(
     ] = False,
 ) -> None:
     """Train a model from a recipe; prints the run directory at the end."""
-    from astrocli.errors import AstroError
+    from astrocli.errors import AstroError  # lazy: keeps start-up torch-free
     from astrocli.recipe import load_recipe
 
     if quiet and jsonl:
@@ -43,18 +43,18 @@ def train_command(
 
     if print_recipe:
         if resume is not None:
-            from astrocli.engine.run_dir import RunDir
+            from astrocli.engine.run_dir import RunDir  # lazy: keeps start-up torch-free
 
             _, resumed = RunDir(resume).load_resume(overrides or [])
             print(resumed.to_yaml(), end="")
         else:
-            from astrocli.defaults import resolve_for_print
+            from astrocli.data.defaults import resolve_for_print  # lazy: keeps start-up torch-free
 
             resolved, comments = resolve_for_print(load_recipe(recipe, overrides or []))
             print("".join(f"# {line}\n" for line in comments) + resolved.to_yaml(), end="")
         return
 
-    from astrocli.engine import train
+    from astrocli.engine import train  # lazy: keeps start-up torch-free
 
     if resume is not None:
         train(resume_dir=resume, overrides=overrides or [], log=log)

@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from astrocli.checkpoint import atomic_write_text
 from astrocli.engine.run_dir import RunDir
 from astrocli.errors import AstroError, OutputError, write_error
+from astrocli.files import atomic_write_text
 from astrocli.recipe import Recipe
 from astrocli.redact import redact_url
 from astrocli.stats import t_interval
@@ -151,7 +151,7 @@ def run_state(run_dir: Path) -> str:
 
 def check_data(base: Recipe, runs: Sequence[CvRun]) -> None:
     """Build the first run's datasets once, so too many folds fail before any training starts."""
-    from astrocli.data import build_datasets
+    from astrocli.data import build_datasets  # lazy: keeps start-up torch-free
 
     build_datasets(run_recipe(base, runs[0]).data)
 
@@ -165,7 +165,7 @@ def run_one(
     say: Callable[[str], None] = print,
 ) -> Path:
     """Train (or resume, or skip) one run of the cv; returns its directory."""
-    from astrocli.engine import train
+    from astrocli.engine import train  # lazy: keeps start-up torch-free
 
     run_dir = parent / run.name
     state = run_state(run_dir)
@@ -198,7 +198,7 @@ def run_cv(
 
     Writes ``cv.json`` at the end unless only one run was asked for (job arrays aggregate later).
     """
-    from astrocli.engine import TrainingInterrupted
+    from astrocli.engine import TrainingInterrupted  # lazy: keeps start-up torch-free
 
     check_plan(folds, repeats, seeds)
     runs = plan_runs(folds, repeats, seeds)

@@ -17,9 +17,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from astrocli.cv import TEST_METRICS, VAL_METRICS, aggregate, is_cv_parent
 from astrocli.engine.run_dir import RunDir
 from astrocli.errors import AstroError
+from astrocli.experiments.cv import TEST_METRICS, VAL_METRICS, aggregate, is_cv_parent
 from astrocli.stats import (
     BOOTSTRAP_METRICS,
     image_scores,
@@ -143,9 +143,9 @@ def compare_cv(a: Path, b: Path, partial: bool = False) -> dict[str, Any]:
 
 def _predictions(run: Path) -> tuple[Any, Any, list[str]]:
     """Top-1 predictions of ``run``'s best.safetensors on its held-out split, the labels, the classes."""
-    from astrocli.data import build_datasets
-    from astrocli.evaluate import collect_probabilities, eval_recipe
-    from astrocli.inference import load_runner
+    from astrocli.data import build_datasets  # lazy: keeps start-up torch-free
+    from astrocli.inference.evaluate import collect_probabilities, eval_recipe  # lazy: the same
+    from astrocli.inference.runner import load_runner  # lazy: the same
 
     runner = load_runner(run / "best.safetensors", device="cpu")
     recipe = eval_recipe(runner.meta)
