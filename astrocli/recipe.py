@@ -134,7 +134,9 @@ class TrainConfig:
     accum_steps: int = 1
     amp: Literal["auto", "bf16", "fp16", "none"] = "auto"  # auto: bf16 on a GPU that has it, else off
     channels_last: bool = False
-    compile: bool = False
+    # torch.compile: auto (CUDA yes; the CPU only for models measured faster, engine/compiling.py),
+    # true or false; a failing compile trains eagerly with one warning
+    compile: Literal["auto"] | bool = "auto"
     ema: bool = False
     ema_decay: float = 0.9998
     seed: int = 0

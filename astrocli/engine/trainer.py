@@ -40,6 +40,7 @@ from astrocli.engine.build import (
     build_scheduler,
     seed_everything,
 )
+from astrocli.engine.compiling import use_compile_cache, wants_compile
 from astrocli.engine.console import TrainConsole
 from astrocli.engine.loggers import Logger, LoggerGroup, build_loggers
 from astrocli.engine.run_dir import RunDir, unique_run_dir
@@ -133,6 +134,7 @@ class Trainer:
     # Set while running:
     train_model: nn.Module = field(init=False)  # DDP and/or torch.compile around ``model``
     compiled: bool | None = None  # train.compile: whether compiling worked (None: not asked)
+    compile_seconds: float | None = None  # the compiling warm-up (forward and backward graphs)
     stop_signal: int | None = None  # SIGINT/SIGTERM received: stop after this step
     calibration: dict[str, float] | None = None
     first_step_announced: bool = False
@@ -179,8 +181,11 @@ class Trainer:
         if self.dist.is_distributed:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             wrapped = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
-        if not self.recipe.train.compile or self.compiled is False:
+        if self.compiled is False or not wants_compile(
+            self.recipe.train.compile, self.device.type, self.recipe.model.name
+        ):
             return wrapped
+        use_compile_cache()  # one stable folder: the runs of a cv or tune reuse the kernels
         try:
             compiled = torch.compile(wrapped)
         except Exception as exc:  # compile support varies by platform and torch build
@@ -193,12 +198,14 @@ class Trainer:
         return compiled
 
     def warm_up_compile(self) -> None:
-        """Compile now, with one forward pass on a batch of zeros, so that a failing compile falls back
-        to eager here, with one warning, rather than inside the loop. The pass leaves no trace (the RNG
-        states and the buffers, e.g. BatchNorm statistics, are put back) and the recipe is unchanged:
-        ``compiled`` (summary.json) records what happened."""
+        """Compile now, with one forward and backward pass on a batch of zeros, so that a failing
+        compile falls back to eager here, with one warning, rather than inside the loop, and so that its
+        time is measured apart (``compile_seconds``). The pass leaves no trace (the RNG states, the
+        buffers, e.g. BatchNorm statistics, and the gradients are put back) and the recipe is
+        unchanged: ``compiled`` (summary.json) records what happened."""
         if not self.compiled:
             return
+        start = time.perf_counter()
         d, model = self.recipe.data, self.model
         images = torch.zeros(
             self.recipe.train.batch_size, d.in_chans, d.img_size, d.img_size, device=self.device
@@ -209,9 +216,12 @@ class Trainer:
         no_sync = self.train_model.no_sync() if self.dist.is_distributed else contextlib.nullcontext()
         cuda = [self.device.index] if self.device.type == "cuda" else []
         try:
-            with torch.random.fork_rng(devices=cuda), no_sync, self._autocast():
+            with torch.random.fork_rng(devices=cuda), no_sync:
                 model.train()
-                self.train_model(images)
+                with self._autocast():
+                    out = self.train_model(images)
+                # AOTAutograd compiles the backward graph at its first use: compile it here too
+                out.float().sum().backward()
         except Exception as exc:
             self.console.warn(
                 f"torch.compile failed ({type(exc).__name__}: {first_line(exc)}); training eagerly"
@@ -221,6 +231,11 @@ class Trainer:
         with torch.no_grad():
             for name, b in model.named_buffers():
                 b.copy_(buffers[name])
+        for p in model.parameters():
+            p.grad = None
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.compile_seconds = (self.compile_seconds or 0.0) + time.perf_counter() - start
 
     def _autocast(self) -> torch.autocast:
         return torch.autocast(
@@ -646,6 +661,8 @@ class Trainer:
             "device": str(self.device),
             "world_size": self.dist.world_size,
             "compiled": bool(self.compiled),  # train.compile worked (False: eager, asked or not)
+            "compile": self.recipe.train.compile,  # the setting (auto, true, false)
+            "compile_seconds": self.compile_seconds,  # warm-up compile, apart from total_seconds' epochs
             "run_dir": str(self.run_dir),
             **(self.calibration or {}),
         }
