@@ -117,6 +117,9 @@ class TrainConfig:
     """Optimisation, schedule and execution."""
 
     epochs: int = 10
+    # minutes: a time budget instead of train.epochs (planned from the first epoch's measured time;
+    # train.epochs then shapes only the first epoch's schedule; astrocli/engine/budget.py)
+    time: float | None = None
     batch_size: int = 128  # per process
     optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = 5e-4
@@ -385,6 +388,7 @@ CONSTRAINTS: dict[str, Constraint] = {
     "augment.mixup_off_epoch": NON_NEGATIVE,
     "augment.label_smoothing": _in_range(0.0, 1.0, high_open=True),
     "train.epochs": POSITIVE,
+    "train.time": POSITIVE,
     "train.batch_size": POSITIVE,
     "train.lr": POSITIVE,
     "train.weight_decay": NON_NEGATIVE,

@@ -133,19 +133,22 @@ def build_scheduler(
     recipe: Recipe,
     updates_per_epoch: int,
     warn: Callable[[str], None] | None = None,
+    epochs: int | None = None,
 ) -> tuple[Scheduler, int]:
     """timm's scheduler, stepped per optimizer update (smooth warmup even for short runs).
 
-    Returns the scheduler and the total number of epochs: ``train.epochs``, with warmup and
-    cooldown counted inside it (scaled down, with a warning through ``warn``, when they would
-    take more than half the run; astrocli/defaults.py).
+    Returns the scheduler and the total number of epochs: ``epochs`` (default ``train.epochs``; a
+    ``train.time`` plan gives its own), with warmup and cooldown counted inside it (scaled down,
+    with a warning through ``warn``, when they would take more than half the run;
+    astrocli/defaults.py).
     """
     from timm.scheduler import create_scheduler_v2
 
     from astrocli.defaults import fit_warmup_cooldown
 
     cfg = recipe.train
-    fit = fit_warmup_cooldown(cfg.epochs, cfg.warmup_epochs, cfg.cooldown_epochs, updates_per_epoch)
+    epochs = cfg.epochs if epochs is None else epochs
+    fit = fit_warmup_cooldown(epochs, cfg.warmup_epochs, cfg.cooldown_epochs, updates_per_epoch)
     if fit.warning and warn is not None:
         warn(fit.warning)
     sched, decay_epochs, decay_rate = cfg.sched, cfg.decay_epochs, cfg.decay_rate
@@ -166,7 +169,7 @@ def build_scheduler(
         step_on_epochs=False,
         updates_per_epoch=1,
     )
-    return scheduler, cfg.epochs
+    return scheduler, epochs
 
 
 def build_train_loss(recipe: Recipe, mixup_on: bool, class_weight: torch.Tensor | None = None) -> nn.Module:

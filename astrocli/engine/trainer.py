@@ -30,6 +30,8 @@ from rich.markup import escape
 from astrocli.checkpoint import CheckpointMeta
 from astrocli.devices import resolve_device
 from astrocli.engine import distributed as ddp
+from astrocli.engine.budget import TimeBudget
+from astrocli.engine.budget import describe as describe_budget
 from astrocli.engine.build import (
     attach_skip_log,
     autocast_dtype,
@@ -135,6 +137,7 @@ class Trainer:
     train_model: nn.Module = field(init=False)  # DDP and/or torch.compile around ``model``
     compiled: bool | None = None  # train.compile: whether compiling worked (None: not asked)
     compile_seconds: float | None = None  # the compiling warm-up (forward and backward graphs)
+    budget: TimeBudget | None = None  # train.time: plans the epochs (astrocli/engine/budget.py)
     stop_signal: int | None = None  # SIGINT/SIGTERM received: stop after this step
     calibration: dict[str, float] | None = None
     first_step_announced: bool = False
@@ -247,13 +250,16 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Train from ``progress`` to the last epoch; returns the summary written to ``summary.json``."""
         start, previous = time.perf_counter(), self.progress.total_seconds
+        self.start_budget()
         self.warm_up_compile()
         with self._signal_handlers(), self.loggers.session(self.recipe, self.run_dir):
-            for epoch in range(self.progress.epoch, self.total_epochs):
+            epoch = self.progress.epoch
+            while epoch < self.total_epochs:  # a train.time plan moves the end
                 self.apply_freeze(epoch)
                 row = self.train_one_epoch(epoch)
                 if self.stop_signal is not None and self.progress.step_in_epoch:
                     self._stop_after_signal(epoch)  # mid-epoch: save where we are
+                self.replan(epoch + 1)  # before evaluating: the epoch that ends the budget is the last
                 self.end_of_epoch(epoch, row, previous + time.perf_counter() - start)
                 self.loggers.log_epoch(epoch + 1, row)  # a pruning callback may raise here
                 if self.stop_signal is not None:
@@ -261,10 +267,38 @@ class Trainer:
                 if epoch + 1 < self.total_epochs and self.should_stop_early():
                     self._stop_early(epoch + 1)
                     break
+                epoch += 1
             self.calibration = self._calibrate()  # before finish(): summary.json reports it
             summary = self.finish(previous + time.perf_counter() - start)
             self.loggers.complete(self.run_dir, summary)
         return summary
+
+    def start_budget(self) -> None:
+        """``train.time``: start this session's budget, with the time earlier sessions trained."""
+        minutes = self.recipe.train.time
+        if minutes is None:
+            return
+        self.budget = TimeBudget(minutes, spent_s=self.progress.budget_spent_s)
+        self.console.info(describe_budget(minutes, self.recipe.train.epochs) or "")
+
+    def replan(self, done: int) -> None:
+        """``train.time``: plan the epochs that fit in the budget (rank 0's plan on every rank) and
+        rebuild the schedule for them from the update reached (a pure function of the update)."""
+        if self.budget is None:
+            return
+        planned = self.budget.plan(done, self.total_epochs)
+        total = int(ddp.broadcast_string(str(planned), self.device))
+        self.progress.planned_epochs = total
+        if total == self.total_epochs:
+            return
+        updates_per_epoch = math.ceil(self.steps_per_epoch / self.recipe.train.accum_steps)
+        self.scheduler, _ = build_scheduler(self.optimizer, self.recipe, updates_per_epoch, epochs=total)
+        self.scheduler.step_update(num_updates=self.progress.global_step)
+        self.console.info(
+            f"train.time: {total} epochs in {self.recipe.train.time:g} min "
+            f"({self.budget.seconds_per_epoch():.1f} s per epoch measured, {done} done)"
+        )
+        self.total_epochs = total
 
     def train_one_epoch(self, epoch: int) -> dict[str, Any]:
         """One pass over the training batches (capped by ``train.max_steps_per_epoch``); a resumed
@@ -544,6 +578,8 @@ class Trainer:
         """The resume state, then ``last.safetensors`` (both atomic). Resume first: if the disk fills
         up, the run can still continue from the newest state once space is freed."""
         self.progress.saved_epoch = epoch
+        if self.budget is not None:  # a resumed run trains for what is left of its budget
+            self.progress.budget_spent_s = self.budget.elapsed_s()
         if self.dist.is_main:
             save_resume_state(
                 self.files.resume_file,
@@ -663,6 +699,8 @@ class Trainer:
             "compiled": bool(self.compiled),  # train.compile worked (False: eager, asked or not)
             "compile": self.recipe.train.compile,  # the setting (auto, true, false)
             "compile_seconds": self.compile_seconds,  # warm-up compile, apart from total_seconds' epochs
+            "time_minutes": self.recipe.train.time,  # train.time's budget (None: train.epochs)
+            "planned_epochs": p.planned_epochs,  # the epochs the budget planned last
             "run_dir": str(self.run_dir),
             **(self.calibration or {}),
         }
@@ -711,6 +749,8 @@ def build_trainer(
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     train_loss_fn, eval_loss_fn = build_losses(r, bundle, train_batches, device)
     progress, history = _start_or_resume(r, files, dist, resume, model, optimizer, scheduler, ema, scaler)
+    if r.train.time is not None and progress.planned_epochs:
+        total_epochs = progress.planned_epochs  # a resumed budget run: its schedule came with the state
     return Trainer(
         recipe=r,
         files=files,
@@ -900,7 +940,10 @@ def _announce(trainer: Trainer, resumed: bool) -> None:
             "protocol": describe_protocol(bundle, recipe),
             "device": f"{trainer.device} x{trainer.dist.world_size}"
             + (f", autocast {trainer.amp_dtype}" if trainer.amp_dtype else ""),
-            "schedule": f"{trainer.total_epochs} epochs x {trainer.steps_per_epoch} steps",
+            "schedule": f"{trainer.total_epochs} epochs x {trainer.steps_per_epoch} steps"
+            + (
+                f" (train.time {recipe.train.time:g} min: planned after epoch 1)" if recipe.train.time else ""
+            ),
             **({"resumed": f"at {trainer.progress.position(trainer.steps_per_epoch)}"} if resumed else {}),
         }
     )
