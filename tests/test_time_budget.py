@@ -69,6 +69,11 @@ def test_plan_counts_the_epochs_left_and_only_shrinks_late(clock: FakeClock) -> 
     assert b.plan(3, 5) == 5  # faster still, but a late plan only shrinks
     clock.now += 20
     assert b.plan(4, 5) == 4  # 5 s left at 7.5 s per epoch: this epoch is the last
+    compiled = budget.TimeBudget(minutes=1)
+    clock.now += 30  # a compiling warm-up: counted in the budget, not as an epoch
+    compiled.mark()
+    clock.now += 10
+    assert compiled.plan(1, 10) == 3  # 20 s left at 10 s per epoch
     resumed = budget.TimeBudget(minutes=1, spent_s=70)  # a resumed run past its budget
     clock.now += 10
     assert resumed.plan(6, 9) == 6

@@ -10,8 +10,10 @@ scoring like any last epoch.
 
 Choices where a time budget leaves room:
 - Time per epoch: the median of the epochs measured in this session, the first left out once there
-  are others (it holds the compiling warm-up and the data cache's first pass). Each measured span runs
-  from one plan to the next: an epoch's training plus the previous one's evaluation and checkpoints.
+  are others (it holds the data cache's first pass and kernel autotuning). Each measured span runs
+  from one plan to the next: an epoch's training plus the previous one's evaluation and checkpoints;
+  the first starts after the compiling warm-up (:meth:`TimeBudget.mark`), whose time the budget
+  counts but does not take for an epoch's.
 - The plan is free to grow or shrink after the first two epochs; later it only shrinks (a late plan
   that grew would stretch a schedule already past its middle; one that shrinks keeps the budget).
 - At least one epoch always runs, and epochs are never cut in the middle: a run ends at most one
@@ -44,6 +46,10 @@ class TimeBudget:
     started: float = field(default_factory=lambda: clock())
     last_mark: float | None = None
     spans: list[float] = field(default_factory=list)
+
+    def mark(self) -> None:
+        """Start the next measured span now (after the compiling warm-up)."""
+        self.last_mark = clock()
 
     def elapsed_s(self) -> float:
         return self.spent_s + clock() - self.started

@@ -16,8 +16,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-# Models measured faster compiled than eager for a CPU training step (benchmarks/compile_speed.py,
-# docs/performance.md). Empty: on the 2-core development CPU neither resnet20 nor cct_2_3x2_32 was.
+# Models whose whole CPU training run is faster compiled (benchmarks/compile_speed.py,
+# docs/performance.md). Empty: on the 2-core development CPU (torch 2.14.1, batch 32, one thread)
+# cct_2_3x2_32 trained 0.85x as fast compiled, and resnet20 1.46-1.49x as fast once compiled, but its
+# first compile took 114 s (3.9 s from a warm cache), more than a short CPU run saves, and
+# channels-last (issue 21) already doubles its eager step. A long CPU run: train.compile=true.
 CPU_COMPILE_FASTER: frozenset[str] = frozenset()
 
 CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"

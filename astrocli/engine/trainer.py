@@ -252,6 +252,8 @@ class Trainer:
         start, previous = time.perf_counter(), self.progress.total_seconds
         self.start_budget()
         self.warm_up_compile()
+        if self.budget is not None:
+            self.budget.mark()  # the compile counts against the budget, not as an epoch's time
         with self._signal_handlers(), self.loggers.session(self.recipe, self.run_dir):
             epoch = self.progress.epoch
             while epoch < self.total_epochs:  # a train.time plan moves the end
