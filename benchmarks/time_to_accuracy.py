@@ -204,7 +204,7 @@ def score_test_at_stop(run_dir: Path, env: dict[str, str]) -> dict[str, Any]:
     if proc.returncode != 0 or not report.is_file():
         return {"error": (proc.stderr or proc.stdout).strip()[-300:]}
     data = json.loads(report.read_text())
-    return {"test_top1": data.get("top1"), "epoch": data.get("epoch"), "command": shlex.join(cmd[1:])}
+    return {"test_top1": data.get("top1"), "command": shlex.join(["python", *cmd[1:]])}
 
 
 def device_and_torch() -> tuple[str, str]:

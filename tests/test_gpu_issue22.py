@@ -95,3 +95,22 @@ def test_gpu_run_knows_both_prepared_commands() -> None:
     assert "PYTHONPATH=.:.carry/site" in script  # platformdirs carried, unpacked
     proc = subprocess.run(["bash", "-n", str(REPO / "benchmarks" / "gpu_run.sh")], capture_output=True)
     assert proc.returncode == 0
+
+
+def test_a_run_stopped_at_its_time_limit_is_scored_on_test(cifar10_zip: Path, tmp_path: Path) -> None:
+    """The item-6 command stops the 310-epoch recipe at 8.5 min when it cannot finish; its best
+    checkpoint is then scored on the test split, labelled as a stopped run's."""
+    out = tmp_path / "tta"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "time_to_accuracy.py"), "--smoke",
+         "--data", str(cifar10_zip), "--out", str(out), "--workdir", str(tmp_path / "w"),
+         "--max-minutes", "0.25", "--test-if-stopped", "--", "train.epochs=500"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    result = json.loads((out / "time_to_accuracy.json").read_text())
+    assert result["stopped_at_limit"] and result["test"] == {}  # the run itself never reached its end
+    assert 0 <= result["test_at_stop"]["test_top1"] <= 100, result["test_at_stop"]
+    assert "data.split=test" in result["test_at_stop"]["command"]
+    assert "Stopped at the time limit" in (out / "time_to_accuracy.md").read_text()
