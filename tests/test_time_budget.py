@@ -145,3 +145,24 @@ def test_print_recipe_shows_the_budget(
     assert code == 0
     assert "# train.time 4.5 min: the epochs are planned from the measured time per epoch" in out
     assert "  time: 4.5\n" in out
+
+
+def test_tune_trials_each_get_the_budget(
+    cifar10_small: Path, tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    optuna = pytest.importorskip("optuna")  # the [tune] extra
+    import astrocli.engine
+    from astrocli.tune import run_tune
+
+    monkeypatch.setattr(
+        astrocli.engine, "train", lambda recipe, **kw: train(recipe, step_hook=clock.hook, **kw)
+    )
+    space = tmp_path / "space.yaml"
+    space.write_text("train.lr: {low: 1e-3, high: 1e-2, log: true}\n")
+    base = overrides(cifar10_small, tmp_path, **{"train.time": 0.5})  # 30 s: 2 epochs of 15 s
+    result = run_tune(None, space, base, trials=2)
+    assert [t.state for t in result.study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    for trial in ("trial0", "trial1"):
+        run_dir = tmp_path / "budget-tune" / trial
+        assert len(rows(run_dir)) == 2
+        assert json.loads((run_dir / "summary.json").read_text())["planned_epochs"] == 2
