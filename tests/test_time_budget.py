@@ -166,3 +166,14 @@ def test_tune_trials_each_get_the_budget(
         run_dir = tmp_path / "budget-tune" / trial
         assert len(rows(run_dir)) == 2
         assert json.loads((run_dir / "summary.json").read_text())["planned_epochs"] == 2
+
+
+def test_recipes_lists_the_fast_recipes_budget(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+):
+    code, out, _ = run_astro(["recipes", "--format", "json"], monkeypatch, capsys)
+    assert code == 0
+    rows = {r["name"]: r for r in json.loads(out)}
+    assert rows["cifar10_cct_7_3x1_fast"]["time"] == 4 and rows["cifar10_cct_7_3x1"]["time"] is None
+    code, out, _ = run_astro(["recipes"], monkeypatch, capsys)
+    assert code == 0 and "4 min" in out
