@@ -49,7 +49,10 @@ class Recorder:
 def recorder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Recorder:
     rec = Recorder()
     monkeypatch.setattr(torch, "compile", rec)
-    monkeypatch.delenv(compiling.CACHE_ENV, raising=False)
+    # set, then deleted: monkeypatch puts back the original state, so the folder the trainer sets
+    # does not leak into later tests
+    monkeypatch.setenv(compiling.CACHE_ENV, "placeholder")
+    monkeypatch.delenv(compiling.CACHE_ENV)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))  # platformdirs' cache root
     return rec
 
