@@ -15,9 +15,9 @@ import pytest
 import torch
 from helpers import one_thread, tiny_digits_overrides  # noqa: F401 (autouse fixture)
 
-from astrocli import cv
 from astrocli.engine import compiling, train
 from astrocli.errors import AstroError
+from astrocli.experiments import cv
 from astrocli.recipe import load_recipe
 
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from helpers import one_thread, run_astro  # noqa: F401 (autouse fixture)
 
-from astrocli import cv
 from astrocli.engine import TrainingInterrupted, budget, train
 from astrocli.errors import AstroError
+from astrocli.experiments import cv
 from astrocli.recipe import load_recipe
 
 STEP_S = 5.0  # fake seconds per training step: 3 steps, 15 s per epoch
@@ -152,7 +152,7 @@ def test_tune_trials_each_get_the_budget(
 ) -> None:
     optuna = pytest.importorskip("optuna")  # the [tune] extra
     import astrocli.engine
-    from astrocli.tune import run_tune
+    from astrocli.experiments.tune import run_tune
 
     monkeypatch.setattr(
         astrocli.engine, "train", lambda recipe, **kw: train(recipe, step_hook=clock.hook, **kw)

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from astrocli.commands.options import Overrides, RecipeOption
+from astrocli.output import make_console
 
 METRIC_LABELS = {
     "top1": "top-1 %",
@@ -49,8 +50,6 @@ def cv_table(report: dict[str, Any], title: str) -> Any:
 
 def print_report(report: dict[str, Any], parent: Path) -> None:
     """The cv table, what it was selected on, and where cv.json is."""
-    from astrocli.output import make_console
-
     console = make_console(highlight=False)
     runs = len(report["runs"])
     title = (
@@ -98,8 +97,8 @@ def cv_command(
     ] = False,
 ) -> None:
     """Cross-validate a recipe: stratified k-fold x seeds, mean ± 95% CI per metric."""
-    from astrocli import cv
-    from astrocli.errors import AstroError
+    from astrocli.errors import AstroError  # lazy: keeps start-up torch-free
+    from astrocli.experiments import cv
     from astrocli.recipe import load_recipe
 
     if aggregate is not None:

@@ -28,8 +28,8 @@ def train_command(
     ] = False,
 ) -> None:
     """Train a model from a recipe; prints the run directory at the end."""
-    from astrocli.engine.budget import describe as describe_budget  # torch-free
-    from astrocli.errors import AstroError
+    from astrocli.engine.budget import describe as describe_budget  # lazy: keeps start-up torch-free
+    from astrocli.errors import AstroError  # lazy: keeps start-up torch-free
     from astrocli.recipe import load_recipe
 
     if quiet and jsonl:
@@ -44,12 +44,12 @@ def train_command(
 
     if print_recipe:
         if resume is not None:
-            from astrocli.engine.run_dir import RunDir
+            from astrocli.engine.run_dir import RunDir  # lazy: keeps start-up torch-free
 
             _, resolved = RunDir(resume).load_resume(overrides or [])
             comments: list[str] = []
         else:
-            from astrocli.defaults import resolve_for_print
+            from astrocli.data.defaults import resolve_for_print  # lazy: keeps start-up torch-free
 
             resolved, comments = resolve_for_print(load_recipe(recipe, overrides or []))
         budget = describe_budget(resolved.train.time, resolved.train.epochs)
@@ -57,7 +57,7 @@ def train_command(
         print("".join(f"# {line}\n" for line in comments) + resolved.to_yaml(), end="")
         return
 
-    from astrocli.engine import train
+    from astrocli.engine import train  # lazy: keeps start-up torch-free
 
     if resume is not None:
         train(resume_dir=resume, overrides=overrides or [], log=log)

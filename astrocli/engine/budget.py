@@ -30,7 +30,9 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 clock = time.monotonic  # the budget's clock (tests replace it)
 
@@ -46,6 +48,21 @@ class TimeBudget:
     started: float = field(default_factory=lambda: clock())
     last_mark: float | None = None
     spans: list[float] = field(default_factory=list)
+
+    @classmethod
+    def start(cls, train: Any, spent_s: float, say: Callable[[str], None]) -> TimeBudget | None:
+        """This session's budget for ``train`` (a TrainConfig; None without ``train.time``), with the
+        time earlier sessions of the run used; ``say`` gets the line that explains it."""
+        if train.time is None:
+            return None
+        say(describe(train.time, train.epochs) or "")
+        return cls(train.time, spent_s=spent_s)
+
+    def plan_line(self, total: int, done: int) -> str:
+        return (
+            f"train.time: {total} epochs in {self.minutes:g} min "
+            f"({self.seconds_per_epoch():.1f} s per epoch measured, {done} done)"
+        )
 
     def mark(self) -> None:
         """Start the next measured span now (after the compiling warm-up)."""

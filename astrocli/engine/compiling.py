@@ -13,8 +13,17 @@ cache, both on by default in torch 2.11 and 2.14) in one stable folder, so the r
 
 from __future__ import annotations
 
+import contextlib
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from astrocli.errors import first_line
+from astrocli.recipe import Recipe
 
 # Models whose whole CPU training run is faster compiled (benchmarks/compile_speed.py,
 # docs/performance.md). Empty: on the 2-core development CPU (torch 2.14.1, batch 32, one thread)
@@ -49,3 +58,56 @@ def use_compile_cache() -> Path:
     folder = compile_cache_dir()
     os.environ[CACHE_ENV] = str(folder)
     return folder
+
+
+def failure_line(error: Exception) -> str:
+    """The one warning line of a compile that failed at its first call."""
+    return f"torch.compile failed ({type(error).__name__}: {first_line(error)}); training eagerly"
+
+
+def try_compile(module: nn.Module, warn: Callable[[str], None]) -> tuple[nn.Module, bool]:
+    """``torch.compile(module)`` on the stable cache folder; ``(module, False)`` with one warning when
+    torch.compile itself is unavailable (compiling proper happens at the first call: :func:`warm_up`)."""
+    use_compile_cache()  # one stable folder: the runs of a cv or tune reuse the kernels
+    try:
+        return torch.compile(module), True
+    except Exception as exc:  # compile support varies by platform and torch build
+        warn(f"torch.compile is unavailable ({type(exc).__name__}: {first_line(exc)}); training eagerly")
+        return module, False
+
+
+def warm_up(
+    train_model: nn.Module,
+    model: nn.Module,
+    recipe: Recipe,
+    device: torch.device,
+    autocast: contextlib.AbstractContextManager,
+    no_sync: contextlib.AbstractContextManager,
+) -> tuple[float, Exception | None]:
+    """One forward and backward pass of ``train_model`` (the compiled wrapper of ``model``) on a batch
+    of zeros: AOTAutograd compiles the backward graph at its first use, so both compile here. The pass
+    leaves no trace: the RNG states, the buffers (e.g. BatchNorm statistics) and the gradients are put
+    back. Returns the seconds it took and the exception compiling raised (None: it worked)."""
+    start, error = time.perf_counter(), None
+    d = recipe.data
+    images = torch.zeros(recipe.train.batch_size, d.in_chans, d.img_size, d.img_size, device=device)
+    if recipe.train.channels_last:
+        images = images.to(memory_format=torch.channels_last)
+    buffers = {name: b.clone() for name, b in model.named_buffers()}
+    cuda = [device.index] if device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=cuda), no_sync:
+            model.train()
+            with autocast:
+                out = train_model(images)
+            out.float().sum().backward()
+    except Exception as exc:  # a failing backend raises many kinds (missing compiler, unsupported op)
+        error = exc
+    with torch.no_grad():
+        for name, b in model.named_buffers():
+            b.copy_(buffers[name])
+    for p in model.parameters():
+        p.grad = None
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start, error

@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from astrocli.checkpoint import atomic_write_text
 from astrocli.engine.run_dir import RunDir
 from astrocli.errors import AstroError
+from astrocli.files import atomic_write_text
 from astrocli.recipe import Recipe
 from astrocli.stats import t_interval
 
@@ -140,7 +140,7 @@ def run_state(run_dir: Path) -> str:
 
 def check_data(base: Recipe, runs: Sequence[CvRun]) -> None:
     """Build the first run's datasets once, so too many folds fail before any training starts."""
-    from astrocli.data import build_datasets
+    from astrocli.data import build_datasets  # lazy: keeps start-up torch-free
 
     build_datasets(run_recipe(base, runs[0]).data)
 
@@ -154,7 +154,7 @@ def run_one(
     say: Callable[[str], None] = print,
 ) -> Path:
     """Train (or resume, or skip) one run of the cv; returns its directory."""
-    from astrocli.engine import train
+    from astrocli.engine import train  # lazy: keeps start-up torch-free
 
     run_dir = parent / run.name
     state = run_state(run_dir)
