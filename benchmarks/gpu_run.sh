@@ -22,6 +22,8 @@ zip="${ASTRO_CIFAR_ZIP:-.carry/cifar10-jpeg.zip}"
 out="${OUT:-/tmp/astro-gpu-out}"
 work="${ASTRO_GPU_WORK:-/tmp/astro-gpu-work}"
 py="${PYTHON:-python3}"
+# ASTRO_GPU_SMOKE=1: the same commands on the CPU with tiny sizes (tests/test_gpu_issue22.py runs them)
+smoke="${ASTRO_GPU_SMOKE:+--smoke}"
 export PYTHONPATH=.:.carry/site   # .carry/site: platformdirs, unpacked from its wheel (above)
 export PYTHONUNBUFFERED=1
 mkdir -p "$out" "$work"
@@ -34,7 +36,7 @@ fi
   > "$out/device-$mode.txt" 2>&1
 case "$mode" in
 issue22)
-    "$py" benchmarks/gpu_issue22.py --data "$zip" --out "$out" --workdir "$work/issue22" --budget-s 540 2>&1 \
+    "$py" benchmarks/gpu_issue22.py --data "$zip" --out "$out" --workdir "$work/issue22" --budget-s 540 $smoke 2>&1 \
         | tail -n 400 > "$out/issue22.log"
     cat "$out/gpu_issue22.md"
     ;;
@@ -44,10 +46,10 @@ paper)
     # evaluated every 5 epochs and saved every 10 (310 evaluations and checkpoint writes would cost
     # about a minute); stopped at 8.5 min if unfinished, its best checkpoint then scored on test.
     "$py" benchmarks/time_to_accuracy.py --data "$zip" --out "$out/paper" --workdir "$work/paper" \
-        --recipe cifar10_cct_7_3x1 --max-minutes 8.5 --test-if-stopped -- data.source=imagefolder \
+        --recipe cifar10_cct_7_3x1 --max-minutes 8.5 --test-if-stopped $smoke -- data.source=imagefolder \
         "data.mean=[0.4914,0.4822,0.4465]" "data.std=[0.2470,0.2435,0.2616]" data.pipeline=tensor \
         train.batch_size=512 train.lr=1.1e-3 train.eval_every=5 output.save_every=10 output.plots=false \
-        2>&1 | tail -n 200 > "$out/paper.log"
+        ${smoke:+train.batch_size=16 train.epochs=5 model.name=cct_2_3x2_32} 2>&1 | tail -n 200 > "$out/paper.log"
     rm -f "$out/paper/train.log"   # at most 8 files come back; the jsonl stream stays in paper.log's tail
     cat "$out/paper/time_to_accuracy.md"
     ;;

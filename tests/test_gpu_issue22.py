@@ -93,6 +93,7 @@ def test_gpu_run_knows_both_prepared_commands() -> None:
     assert "--recipe cifar10_cct_7_3x1 " in paper and "train.batch_size=512" in paper
     assert "train.lr=1.1e-3" in paper and "--test-if-stopped" in paper
     assert "PYTHONPATH=.:.carry/site" in script  # platformdirs carried, unpacked
+    assert 'smoke="${ASTRO_GPU_SMOKE:+--smoke}"' in script and script.count("$smoke") >= 2
     proc = subprocess.run(["bash", "-n", str(REPO / "benchmarks" / "gpu_run.sh")], capture_output=True)
     assert proc.returncode == 0
 
