@@ -136,6 +136,9 @@ class TrainConfig:
     """Optimisation, schedule and execution."""
 
     epochs: int = 10
+    # minutes: a time budget instead of train.epochs (planned from the first epoch's measured time;
+    # train.epochs then shapes only the first epoch's schedule; astrocli/engine/budget.py)
+    time: float | None = None
     batch_size: int = 128  # per process
     optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = 5e-4
@@ -153,7 +156,9 @@ class TrainConfig:
     accum_steps: int = 1
     amp: Literal["auto", "bf16", "fp16", "none"] = "auto"  # auto: bf16 on a GPU that has it, else off
     channels_last: bool = False
-    compile: bool = False
+    # torch.compile: auto (CUDA yes; the CPU only for models measured faster, engine/compiling.py),
+    # true or false; a failing compile trains eagerly with one warning
+    compile: Literal["auto"] | bool = "auto"
     ema: bool = False
     ema_decay: float = 0.9998
     seed: int = 0
@@ -397,6 +402,7 @@ CONSTRAINTS: dict[str, Constraint] = {
     "augment.mixup_off_epoch": NON_NEGATIVE,
     "augment.label_smoothing": _in_range(0.0, 1.0, high_open=True),
     "train.epochs": POSITIVE,
+    "train.time": POSITIVE,
     "train.batch_size": POSITIVE,
     "train.lr": POSITIVE,
     "train.weight_decay": NON_NEGATIVE,

@@ -28,6 +28,7 @@ def train_command(
     ] = False,
 ) -> None:
     """Train a model from a recipe; prints the run directory at the end."""
+    from astrocli.engine.budget import describe as describe_budget  # lazy: keeps start-up torch-free
     from astrocli.errors import AstroError  # lazy: keeps start-up torch-free
     from astrocli.recipe import load_recipe
 
@@ -45,13 +46,15 @@ def train_command(
         if resume is not None:
             from astrocli.engine.run_dir import RunDir  # lazy: keeps start-up torch-free
 
-            _, resumed = RunDir(resume).load_resume(overrides or [])
-            print(resumed.to_yaml(), end="")
+            _, resolved = RunDir(resume).load_resume(overrides or [])
+            comments: list[str] = []
         else:
             from astrocli.data.defaults import resolve_for_print  # lazy: keeps start-up torch-free
 
             resolved, comments = resolve_for_print(load_recipe(recipe, overrides or []))
-            print("".join(f"# {line}\n" for line in comments) + resolved.to_yaml(), end="")
+        budget = describe_budget(resolved.train.time, resolved.train.epochs)
+        comments = [*comments, *([budget] if budget else [])]
+        print("".join(f"# {line}\n" for line in comments) + resolved.to_yaml(), end="")
         return
 
     from astrocli.engine import train  # lazy: keeps start-up torch-free

@@ -6,6 +6,7 @@ Everything the papers used comes from timm (optimizers, schedulers, losses, Mixu
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -144,15 +145,18 @@ def build_scheduler(
     recipe: Recipe,
     updates_per_epoch: int,
     warn: Callable[[str], None] | None = None,
+    epochs: int | None = None,
 ) -> tuple[Scheduler, int]:
     """timm's scheduler, stepped per optimizer update (smooth warmup even for short runs).
 
-    Returns the scheduler and the total number of epochs: ``train.epochs``, with warmup and
-    cooldown counted inside it (scaled down, with a warning through ``warn``, when they would
-    take more than half the run; astrocli/data/defaults.py).
+    Returns the scheduler and the total number of epochs: ``epochs`` (default ``train.epochs``; a
+    ``train.time`` plan gives its own), with warmup and cooldown counted inside it (scaled down,
+    with a warning through ``warn``, when they would take more than half the run;
+    astrocli/data/defaults.py).
     """
     cfg = recipe.train
-    fit = fit_warmup_cooldown(cfg.epochs, cfg.warmup_epochs, cfg.cooldown_epochs, updates_per_epoch)
+    epochs = cfg.epochs if epochs is None else epochs
+    fit = fit_warmup_cooldown(epochs, cfg.warmup_epochs, cfg.cooldown_epochs, updates_per_epoch)
     if fit.warning and warn is not None:
         warn(fit.warning)
     sched, decay_epochs, decay_rate = cfg.sched, cfg.decay_epochs, cfg.decay_rate
@@ -173,7 +177,18 @@ def build_scheduler(
         step_on_epochs=False,
         updates_per_epoch=1,
     )
-    return scheduler, cfg.epochs
+    return scheduler, epochs
+
+
+def rebuild_scheduler(
+    optimizer: torch.optim.Optimizer, recipe: Recipe, steps_per_epoch: int, epochs: int, progress: Any
+) -> Scheduler:
+    """The schedule for ``epochs`` epochs (a ``train.time`` plan), at the update ``progress`` reached
+    (timm's schedules are pure functions of the update; the optimizer keeps its state)."""
+    updates_per_epoch = math.ceil(steps_per_epoch / recipe.train.accum_steps)
+    scheduler, _ = build_scheduler(optimizer, recipe, updates_per_epoch, epochs=epochs)
+    scheduler.step_update(num_updates=progress.global_step)
+    return scheduler
 
 
 def build_train_loss(recipe: Recipe, mixup_on: bool, class_weight: torch.Tensor | None = None) -> nn.Module:

@@ -85,6 +85,8 @@ def build_trainer(
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     train_loss_fn, eval_loss_fn = build_losses(r, bundle, train_batches, device)
     progress, history = _start_or_resume(r, files, dist, resume, model, optimizer, scheduler, ema, scaler)
+    if r.train.time is not None and progress.planned_epochs:
+        total_epochs = progress.planned_epochs  # a resumed budget run: its schedule came with the state
     return Trainer(
         recipe=r,
         files=files,
@@ -267,7 +269,8 @@ def _announce(trainer: Trainer, resumed: bool) -> None:
             "protocol": describe_protocol(bundle, recipe),
             "device": f"{trainer.device} x{trainer.dist.world_size}"
             + (f", autocast {trainer.amp_dtype}" if trainer.amp_dtype else ""),
-            "schedule": f"{trainer.total_epochs} epochs x {trainer.steps_per_epoch} steps",
+            "schedule": f"{trainer.total_epochs} epochs x {trainer.steps_per_epoch} steps"
+            + (f" (train.time {recipe.train.time:g} min: re-planned)" if recipe.train.time else ""),
             **({"resumed": f"at {trainer.progress.position(trainer.steps_per_epoch)}"} if resumed else {}),
         }
     )

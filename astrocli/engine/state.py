@@ -65,6 +65,8 @@ class Progress:
     best_weights: str = "model"  # "model" or "ema": which weights best.safetensors holds
     best_metrics: dict[str, float] = field(default_factory=dict)  # its validation metrics, no "val_"
     evals_without_improvement: int = 0  # counted against train.patience
+    planned_epochs: int | None = None  # train.time: the epochs the budget was last planned for
+    budget_spent_s: float = 0.0  # train.time: seconds of the budget used by the saved sessions
     extra: InitVar[dict[str, Any] | None] = None  # astro 0.2.0's bag of the fields above
 
     def __post_init__(self, extra: dict[str, Any] | None) -> None:
