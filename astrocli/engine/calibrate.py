@@ -82,3 +82,14 @@ def calibrate_after_training(trainer: Trainer) -> dict[str, Any] | None:
             ece = {k: summary[k] for k in ("ece", "ece_calibrated")}
             write_temperature(path, summary["temperature"], ece)
     return results.get("best") or results.get("last")
+
+
+def calibration_line(result: dict[str, Any]) -> str:
+    """The console line for :func:`calibrate_after_training`'s result: the stored temperature, or why
+    temperature 1 was kept (a warning)."""
+    if not result["applied"]:
+        return f"calibration not applied, temperature 1 kept: {result['reason']}"
+    return (
+        f"calibration: temperature {result['temperature']:.3f}, validation ECE "
+        f"{result['ece']:.4f} -> {result['ece_calibrated']:.4f} (stored in the checkpoints)"
+    )

@@ -29,7 +29,7 @@ from astrocli.data.pipeline import build_eval_batches
 from astrocli.engine import distributed as ddp
 from astrocli.engine.budget import TimeBudget
 from astrocli.engine.build import rebuild_scheduler
-from astrocli.engine.calibrate import calibrate_after_training
+from astrocli.engine.calibrate import calibrate_after_training, calibration_line
 from astrocli.engine.compiling import failure_line, try_compile, wants_compile, warm_up
 from astrocli.engine.console import TrainConsole
 from astrocli.engine.finetune import frozen_at, set_frozen
@@ -574,15 +574,9 @@ class Trainer:
         """Temperature scaling of ``best``/``last`` on the validation split (astrocli/engine/calibrate.py)."""
         if not self.recipe.train.calibrate:
             return None
-
         result = calibrate_after_training(self)
-        if result and not result["applied"]:
-            self.console.warn(f"calibration not applied, temperature 1 kept: {result['reason']}")
-        elif result:
-            self.console.info(
-                f"calibration: temperature {result['temperature']:.3f}, validation ECE "
-                f"{result['ece']:.4f} -> {result['ece_calibrated']:.4f} (stored in the checkpoints)"
-            )
+        if result:
+            (self.console.info if result["applied"] else self.console.warn)(calibration_line(result))
         return result
 
     def score_test(self) -> dict[str, float]:
