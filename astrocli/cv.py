@@ -155,17 +155,22 @@ def run_one(
 ) -> Path:
     """Train (or resume, or skip) one run of the cv; returns its directory."""
     from astrocli.engine import train
+    from astrocli.experiments.predictions import write_predictions
 
     run_dir = parent / run.name
     state = run_state(run_dir)
     if state == "done":
         say(f"{run.name}: finished earlier, kept")
-        return run_dir
-    if state == "resumable":
+    elif state == "resumable":
         say(f"{run.name}: resuming")
-        return train(resume_dir=run_dir, log=log, step_hook=step_hook)
-    say(f"{run.name}: training")
-    return train(run_recipe(base, run), run_dir=run_dir, log=log, step_hook=step_hook)
+        train(resume_dir=run_dir, log=log, step_hook=step_hook)
+    else:
+        say(f"{run.name}: training")
+        train(run_recipe(base, run), run_dir=run_dir, log=log, step_hook=step_hook)
+    # The fold model's probabilities on its held-out fold: the out-of-fold rows of oof.npz (kept on
+    # a re-run; a run finished by an older astro gets them now, without retraining).
+    write_predictions(run_dir, device=base.train.device)
+    return run_dir
 
 
 def run_cv(
@@ -316,6 +321,9 @@ def aggregate(parent: str | Path) -> dict[str, Any]:
         "metrics": metrics,
     }
     atomic_write_text(parent / CV_FILE, json.dumps(report, indent=2) + "\n")
+    from astrocli.experiments.predictions import write_oof
+
+    write_oof(parent)  # oof.npz / oof.csv: every finished fold's held-out probabilities (astro audit --cv)
     return report
 
 

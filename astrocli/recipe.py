@@ -83,6 +83,11 @@ class DataConfig:
     folds: int = 0  # k-fold cross-validation (`astro cv` sets these): folds over train (0 = off)
     fold: int = 0  # the held-out fold (0-based) when data.folds > 0
     fold_repeat: int = 0  # the repeat of repeated k-fold (folds reshuffled with split_seed per repeat)
+    # Lists written by `astro audit --fix` (docs/audit.md): images to leave out of every split (one key
+    # a line: a path under data.root, or <split>:<row> for arrays), and labels to change (CSV key,label).
+    # The data folder itself is never touched.
+    exclude: str | None = None
+    relabel: str | None = None
 
 
 @dataclass
@@ -166,6 +171,7 @@ class OutputConfig:
     loggers: list[Literal["csv", "tensorboard", "mlflow", "wandb"]] = field(default_factory=lambda: ["csv"])
     mlflow_uri: str | None = None  # MLflow tracking URI (MLFLOW_TRACKING_URI wins; default <dir>/mlruns)
     project: str = "astro"  # MLflow experiment / W&B project name
+    report: bool = True  # astro train / astro cv write report.html (one self-contained page) at the end
 
 
 @dataclass

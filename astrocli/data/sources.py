@@ -94,7 +94,15 @@ def load_source(cfg: DataConfig) -> SourceData:
         raise DataError(f"unknown data.source '{cfg.source}'; choose one of: {', '.join(SOURCES)}")
     module_name, function_name = SOURCES[cfg.source].split(":")
     source_fn = getattr(importlib.import_module(module_name), function_name)
-    return source_fn(cfg)
+    source = source_fn(cfg)
+    if cfg.exclude or cfg.relabel:  # `astro audit --fix` lists, applied to every split as it is built
+        from astrocli.data.exclude import apply_lists
+
+        source.splits = {
+            name: (lambda build=build, name=name: apply_lists(build(), cfg, name, source.class_names))
+            for name, build in source.splits.items()
+        }
+    return source
 
 
 def build_datasets(cfg: DataConfig) -> DatasetBundle:

@@ -1,0 +1,1 @@
+"""Experiments on top of training runs: data audits (``astro audit``) and run reports (``astro report``)."""
