@@ -266,7 +266,7 @@ def cell_blocks(
 def _thumb(view: DataView | None, key: str, true: str, pred: str, probability: float) -> str:
     uri = view.thumbnail(str(key)) if view is not None else None
     caption = (
-        f'{esc(key)}<br>true <span class="t">{esc(true)}</span><br>'
+        f'<span class="k">{esc(key)}</span>true <span class="t">{esc(true)}</span><br>'
         f'predicted <span class="p">{esc(pred)}</span> '
         f"({probability:.2f})"
     )

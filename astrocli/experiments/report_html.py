@@ -61,9 +61,10 @@ figure img { display: block; width: 100%; aspect-ratio: 1; object-fit: contain; 
              border-radius: 6px; image-rendering: auto; }
 figure .missing { width: 100%; aspect-ratio: 1; display: grid; place-items: center; background: #eee;
                   border-radius: 6px; color: var(--muted); font-size: 12px; }
-figcaption { font-size: 12.5px; margin-top: 6px; line-height: 1.35; word-break: break-all; }
-figcaption .t { color: var(--good); font-weight: 600; word-break: normal; }
-figcaption .p { color: var(--bad); font-weight: 600; word-break: normal; }
+figcaption { font-size: 12.5px; margin-top: 6px; line-height: 1.35; overflow-wrap: anywhere; }
+figcaption .k { display: block; color: var(--muted); font-size: 12px; word-break: break-all; }
+figcaption .t { color: var(--good); font-weight: 600; }
+figcaption .p { color: var(--bad); font-weight: 600; }
 .pairs { display: grid; grid-template-columns: repeat(auto-fill, minmax(330px, 1fr)); gap: 14px; }
 .pair { border: 1px solid var(--line); border-radius: 10px; padding: 10px; background: #fafafa; }
 .pair .two { display: grid; grid-template-columns: 1fr 1fr; gap: 8px; }

@@ -44,10 +44,17 @@ def run_overview(
         ("temperature", summary.get("temperature")),
         ("training time (s)", summary.get("total_seconds")),
     ]
-    shown = [(k, f"{v:.4g}" if isinstance(v, float) else v) for k, v in numbers if v is not None]
+    shown = [(k, _number(k, v)) for k, v in numbers if v is not None]
     charts = _curves(rows)
     body = f"<p>{words}</p>{warn}" + table(["", "value"], shown) + charts
     return Section("overview", "Run and protocol", body)
+
+
+def _number(label: str, value: Any) -> str:
+    """Percentages with two decimals, seconds with one, the rest with four significant digits."""
+    if not isinstance(value, float):
+        return str(value)
+    return f"{value:.2f}" if "%" in label else f"{value:.1f}" if "(s)" in label else f"{value:.4g}"
 
 
 def _pair(a: float | None, b: float | None) -> str | None:
@@ -150,7 +157,8 @@ def _pairs_section(
         two = "".join(
             figure(
                 view.thumbnail(pair[k]) if view else None,
-                f"{esc(pair[k])}<br>{esc(pair['split_' + k])} · {esc(names[pair['label_' + k]])}",
+                f'<span class="k">{esc(pair[k])}</span>'
+                f"{esc(pair['split_' + k])} · {esc(names[pair['label_' + k]])}",
                 pair[k],
             )
             for k in ("a", "b")
@@ -182,7 +190,8 @@ def _issues_section(issues: dict[str, Any], view: DataView | None, take: Callabl
     figures = "".join(
         figure(
             view.thumbnail(e["key"]) if view else None,
-            f'#{e["rank"]} {esc(e["key"])}<br>given <span class="p">{esc(e["given"])}</span><br>suggested '
+            f'<span class="k">#{e["rank"]} {esc(e["key"])}</span>given'
+            f' <span class="p">{esc(e["given"])}</span><br>suggested '
             f'<span class="t">{esc(e["suggested"])}</span> ({e["suggested_probability"]:.2f})',
             e["key"],
         )
