@@ -63,8 +63,16 @@ def exact_pairs(digests: list[str | None]) -> list[Pair]:
 
 
 def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Bit distances between packed hashes ``a [n, W]`` and ``b [m, W]``: ``[n, m]``."""
-    return np.bitwise_count(a[:, None, :] ^ b[None, :, :]).sum(axis=-1, dtype=np.int32)
+    """Bit distances between ±1 hash rows ``a [n, HASH_BITS]`` and ``b [m, HASH_BITS]`` (float32):
+    ``[n, m]``. For ±1 vectors, distance = (bits - a.b) / 2, so one BLAS product (exact in float32 up to
+    2^24) does what a popcount loop would, tens of times faster on 10,000+ images."""
+    return (HASH_BITS - a @ b.T) * 0.5
+
+
+def signs(packed: np.ndarray) -> np.ndarray:
+    """Packed uint64 hashes ``[N, W]`` as ±1 float32 rows ``[N, HASH_BITS]``."""
+    bits = np.unpackbits(packed.astype(">u8").view(np.uint8), axis=-1)
+    return (1.0 - 2.0 * bits).astype(np.float32)
 
 
 def near_pairs(
@@ -80,15 +88,15 @@ def near_pairs(
     """
     n = len(hashes)
     valid = np.ones(n, dtype=bool) if valid is None else valid
-    full = np.ascontiguousarray(hashes[:, 0])
+    full = signs(hashes[:, 0])
+    trimmed = [signs(hashes[:, t]) for t in range(1, hashes.shape[1])]
     best = {}
     for start in range(0, n, BLOCK):
         rows = slice(start, min(start + BLOCK, n))
         dist = hamming(full[rows], full)
-        for trim in range(1, hashes.shape[1]):  # full of one against trimmed of the other, both ways
-            trimmed = np.ascontiguousarray(hashes[:, trim])
-            dist = np.minimum(dist, hamming(full[rows], trimmed))
-            dist = np.minimum(dist, hamming(trimmed[rows], full))
+        for other in trimmed:  # full of one against trimmed of the other, both ways
+            np.minimum(dist, hamming(full[rows], other), out=dist)
+            np.minimum(dist, hamming(other[rows], full), out=dist)
         dist[~valid[rows]] = HASH_BITS + 1
         dist[:, ~valid] = HASH_BITS + 1
         for i, j in zip(*np.nonzero(dist <= max_bits), strict=True):
