@@ -287,3 +287,28 @@ def test_bad_input_is_one_line(galaxy_sample_dir, tmp_path, monkeypatch, capsys)
     code, _, err = run_astro(["report", tmp_path / "other"], monkeypatch, capsys)
     assert code == 2 and err.count("\n") == 1 and "not a run folder" in err
     assert not os.listdir(other / "a")
+
+
+def test_sixteen_bit_images_are_seen_through_the_recipes_scaling(galaxy_sample_dir, tmp_path) -> None:
+    """16-bit PNGs made from real galaxies (pixels x 257): the audit decodes them on the float path and
+    its thumbnails show what the model sees, the recipe's minmax scaling (full 0..255 per image)."""
+    from astrocli.experiments.dataview import to_pil
+
+    root = tmp_path / "data"
+    for path in sorted(galaxy_sample_dir.glob("*/*.jpg"))[:20]:
+        (root / path.parent.name).mkdir(parents=True, exist_ok=True)
+        gray = np.asarray(Image.open(path).convert("L"), dtype=np.uint16) * 257
+        Image.fromarray(gray).save(root / path.parent.name / f"{path.stem}.png")
+    recipe = load_recipe(
+        "quickstart",
+        ["data.source=imagefolder", f"data.root={root}", "data.in_chans=1", "data.scaling=minmax"],
+    )
+    view = open_view(recipe.data)
+    facts, _ = scan_images(view)
+    assert len(facts) == 20 and all(f.error is None and f.mode.startswith("float32 (1 band") for f in facts)
+    raw = np.asarray(Image.open(root / facts[0].key)).astype(np.float64)
+    thumb = np.asarray(to_pil(view.item(facts[0].split, facts[0].position)), dtype=np.float64)
+    assert thumb.min() == 0 and thumb.max() == 255 and (raw.min() > 0 or raw.max() < 65535)
+    expected = (raw - raw.min()) / (raw.max() - raw.min()) * 255
+    assert np.abs(thumb - expected).max() <= 1.0
+    assert view.thumbnail(facts[0].key).startswith("data:image/jpeg;base64,")

@@ -114,7 +114,7 @@ def audit_command(
         typer.Option(
             "--max-bits", help="Near duplicate: perceptual hashes at most this many of 256 bits apart."
         ),
-    ] = 40,
+    ] = 32,
     min_cosine: Annotated[
         float,
         typer.Option("--min-cosine", help="With --checkpoint: embedding neighbours at least this alike."),

@@ -60,7 +60,7 @@ def train_command(
         run_dir = train(resume_dir=resume, overrides=overrides or [], log=log)
     else:
         run_dir = train(load_recipe(recipe, overrides or []), log=log)
-    finish_run(Path(run_dir), say=not jsonl)
+    finish_run(Path(run_dir), say=log is None)  # --quiet and --jsonl keep stdout as it was
 
 
 def finish_run(run_dir: Path, say: bool = True) -> None:

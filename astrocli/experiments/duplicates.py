@@ -19,7 +19,7 @@ from PIL import Image
 HASH_SIDE = 16  # pHash of 16x16 DCT coefficients: 256 bits
 HASH_BITS = HASH_SIDE * HASH_SIDE
 TRIMS = (0.0, 1 / 32, 1 / 16, 3 / 32)  # share of each border cut before hashing (0: the full image)
-DEFAULT_MAX_BITS = 40  # a pair at most this many of 256 bits apart is a near duplicate
+DEFAULT_MAX_BITS = 32  # near duplicate: at most this many of 256 bits apart (copies measured <= 24)
 BLOCK = 512  # rows compared at a time: bounds the [BLOCK, N, words] temporary
 
 
