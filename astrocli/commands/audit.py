@@ -133,16 +133,20 @@ def audit_command(
         raise AstroError(f"--max-bits must be between 0 and 256, got {max_bits}")
     chosen = audit_recipe(recipe, overrides or [], cv)
     out_dir = output or Path(chosen.output.dir) / f"{chosen.output.name}-audit"
-    result = run_audit(
-        chosen.data,
-        out_dir,
-        cv_dir=cv,
-        checkpoint=checkpoint,
-        fix=fix,
-        max_bits=max_bits,
-        min_cosine=min_cosine,
-        label_method=label_method,
-    )
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from astrocli.output import make_console
+
+    count = TextColumn("{task.description}: {task.completed} images")
+    columns = (SpinnerColumn(), count, TimeElapsedColumn())
+    err = make_console(stderr=True)
+    # A terminal sees the count; logs and pipes get nothing (a failed audit stays one line).
+    with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as progress:
+        task = progress.add_task("decoding and hashing", total=None)
+        result = run_audit(
+            chosen.data, out_dir, cv_dir=cv, checkpoint=checkpoint, fix=fix, max_bits=max_bits,
+            min_cosine=min_cosine, label_method=label_method, on_image=lambda n: progress.advance(task, n),
+        )  # fmt: skip
     print_summary(result, out_dir)
 
 
