@@ -158,6 +158,16 @@ def test_planted_copies_are_found_across_splits_and_nothing_else(
     train_paths = {Path(p).relative_to(root).as_posix() for p, _ in bundle.train.samples}
     assert not train_paths & set(lines)
     assert len(bundle.val) == sum(1 for _ in (root / "test").rglob("*.*"))  # the test split kept whole
+    # data.relabel on image files: the listed file gets the named class wherever it is read.
+    moved = sorted(train_paths)[0]
+    other = next(n for n in bundle.class_names if n != Path(moved).parts[1])
+    (tmp_path / "relabel.csv").write_text(f"key,label\n{moved},{other}\n")
+    recipe.data.relabel = str(tmp_path / "relabel.csv")
+    relabelled = build_datasets(recipe.data).train
+    labels = {Path(p).relative_to(root).as_posix(): t for p, t in relabelled.samples}
+    assert labels[moved] == bundle.class_names.index(other) and relabelled.targets == [
+        t for _, t in relabelled.samples
+    ]
     assert tree_digest(root) == before
 
 
