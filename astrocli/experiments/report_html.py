@@ -143,9 +143,11 @@ def confusion_table(
     counts: Sequence[Sequence[int]], names: Sequence[str], linked: set[tuple[int, int]]
 ) -> str:
     """The confusion matrix: a cell's colour is its share of the true class; a count opens its images."""
-    rotate = max((len(n) for n in names), default=0) > 3  # short names read fine level
+    longest = max((len(n) for n in names), default=0)
+    rotate = longest > 3  # short names read fine level; long ones turn, in a row as tall as they need
+    tall = f' style="height:{min(240, 30 + 6 * longest)}px"'
     head = "".join(
-        f'<th class="rot"><div>{esc(n)}</div></th>' if rotate else f"<th>{esc(n)}</th>" for n in names
+        f'<th class="rot"{tall}><div>{esc(n)}</div></th>' if rotate else f"<th>{esc(n)}</th>" for n in names
     )
     rows = []
     for i, row in enumerate(counts):
