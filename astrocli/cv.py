@@ -323,7 +323,7 @@ def aggregate(parent: str | Path) -> dict[str, Any]:
     atomic_write_text(parent / CV_FILE, json.dumps(report, indent=2) + "\n")
     from astrocli.experiments.predictions import write_oof
 
-    write_oof(parent)  # oof.npz / oof.csv: every finished fold's held-out probabilities (astro audit --cv)
+    write_oof(parent, runs)  # oof.npz / oof.csv: every finished fold's held-out probabilities (audit --cv)
     return report
 
 

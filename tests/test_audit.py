@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import importlib.util
 import io
 import json
 import os
@@ -145,10 +146,15 @@ def test_planted_copies_are_found_across_splits_and_nothing_else(
         assert word in reasons[key], (key, reasons.get(key))
     assert result["files"]["modes"] == {"RGB": result["files"]["decoded"]}
     assert "across splits" in stdout
-    # --fix: the training copy of each leaked pair and the truncated file go to exclude.txt ...
+    check_fix_lists(out, root, {truth[c] for c in hits} | {k for k, w in bad.items() if w == "decoded"})
+    assert tree_digest(root) == before
+
+
+def check_fix_lists(out: Path, root: Path, expected: set[str]) -> None:
+    """exclude.txt lists the training copy of each leaked pair and the truncated file; a recipe with
+    data.exclude trains without them; data.relabel changes a file's label wherever it is read."""
     lines = [line for line in (out / "exclude.txt").read_text().splitlines() if not line.startswith("#")]
-    assert {truth[c] for c in hits} | {k for k, w in bad.items() if w == "decoded"} == set(lines)
-    # ... which a recipe uses: the leaked originals and the truncated file are gone from training.
+    assert set(lines) == expected
     exclude = f"data.exclude={out / 'exclude.txt'}"
     recipe = load_recipe(
         "quickstart",
@@ -158,22 +164,18 @@ def test_planted_copies_are_found_across_splits_and_nothing_else(
     train_paths = {Path(p).relative_to(root).as_posix() for p, _ in bundle.train.samples}
     assert not train_paths & set(lines)
     assert len(bundle.val) == sum(1 for _ in (root / "test").rglob("*.*"))  # the test split kept whole
-    # data.relabel on image files: the listed file gets the named class wherever it is read.
     moved = sorted(train_paths)[0]
     other = next(n for n in bundle.class_names if n != Path(moved).parts[1])
-    (tmp_path / "relabel.csv").write_text(f"key,label\n{moved},{other}\n")
-    recipe.data.relabel = str(tmp_path / "relabel.csv")
+    (out / "relabel.csv").write_text(f"key,label\n{moved},{other}\n")
+    recipe.data.relabel = str(out / "relabel.csv")
     relabelled = build_datasets(recipe.data).train
     labels = {Path(p).relative_to(root).as_posix(): t for p, t in relabelled.samples}
-    assert labels[moved] == bundle.class_names.index(other) and relabelled.targets == [
-        t for _, t in relabelled.samples
-    ]
-    assert tree_digest(root) == before
+    assert labels[moved] == bundle.class_names.index(other)
+    assert relabelled.targets == [t for _, t in relabelled.samples]
 
 
-def test_label_errors_from_out_of_fold_probabilities(tmp_path, monkeypatch, capsys) -> None:
-    """2% of the real digits get a wrong label (data.relabel); a short 3-fold cv; the flipped images
-    must fill >= 60% of the top 4% of `astro audit --cv`'s ranking."""
+def flip_digits(tmp_path: Path) -> tuple[np.ndarray, set[str], Path]:
+    """(true labels, keys of the 2% flipped at random, the relabel.csv that flips them)."""
     from sklearn.datasets import load_digits
 
     labels = load_digits().target
@@ -182,14 +184,12 @@ def test_label_errors_from_out_of_fold_probabilities(tmp_path, monkeypatch, caps
     relabel = tmp_path / "flip.csv"
     rows = [f"train:{i},{(labels[i] + rng.integers(1, 10)) % 10}" for i in flipped]
     relabel.write_text("key,label\n" + "\n".join(rows) + "\n")
-    args = ["cv", "--recipe", "quickstart", "--folds", "3", "-q", "data.source=digits", "data.img_size=8",
-            "data.num_workers=0", "data.pipeline=tensor", "model.name=resnet20", "train.epochs=8",
-            "train.batch_size=64", "train.device=cpu", f"output.dir={tmp_path}", "output.name=flip",
-            "output.plots=false", "output.report=false", f"data.relabel={relabel}"]  # fmt: skip
-    code, _, err = run_astro(args, monkeypatch, capsys)
-    assert code == 0, err
-    parent = tmp_path / "flip-cv"
-    # oof: every training image exactly once, scored by the one fold model that held it out.
+    return labels, {f"train:{i}" for i in flipped}, relabel
+
+
+def check_oof(parent: Path, labels: np.ndarray, flipped: set[str]) -> None:
+    """oof.csv: every training image exactly once, scored by the one fold model that held it out,
+    with the label the cv trained on (the flipped one)."""
     with (parent / "oof.csv").open() as handle:
         oof = list(csv.DictReader(handle))
     assert sorted(row["key"] for row in oof) == sorted(f"train:{i}" for i in range(len(labels)))
@@ -198,48 +198,45 @@ def test_label_errors_from_out_of_fold_probabilities(tmp_path, monkeypatch, caps
         held = {f"train:{i}" for i in split["members"]["val_positions"]}
         assert {row["key"] for row in oof if row["fold"] == str(fold)} == held
     given = {row["key"]: int(row["target"]) for row in oof}
-    assert all(given[f"train:{i}"] != labels[i] for i in flipped)  # the relabelling reached the cv
-    code, stdout, err = run_astro(
-        ["audit", "--cv", parent, "--label-method", "builtin", "--fix", "--output", tmp_path / "audit"],
-        monkeypatch, capsys,
-    )  # fmt: skip
-    assert code == 0, err
-    result = json.loads((tmp_path / "audit" / "audit.json").read_text())
-    ranking = result["label_issues"]["ranking"]
-    top = {entry["key"] for entry in ranking[: int(0.04 * len(labels))]}
-    share = len(top & {f"train:{i}" for i in flipped}) / len(flipped)
-    with capsys.disabled():  # in the log, even under capture
-        print(f"flipped labels in the top 4%: {share:.3f} ({result['label_issues']['method']})")
-    assert share >= 0.6
-    try:  # the optional extra (cleanlab decides the flags), when installed: the same bar
-        import cleanlab  # noqa: F401
+    assert all(given[key] != labels[int(key[6:])] for key in flipped)
 
-        code, _, err = run_astro(
-            ["audit", "--cv", parent, "--label-method", "cleanlab", "--output", tmp_path / "audit-cl"],
-            monkeypatch, capsys,
-        )  # fmt: skip
-        assert code == 0, err
-        ranked = json.loads((tmp_path / "audit-cl" / "audit.json").read_text())["label_issues"]["ranking"]
-        cl_share = len(
-            {e["key"] for e in ranked[: int(0.04 * len(labels))]} & set(f"train:{i}" for i in flipped)
-        )
-        with capsys.disabled():
-            print(f"with cleanlab: {cl_share / len(flipped):.3f}")
-        assert cl_share >= 0.6 * len(flipped)
-    except ImportError:
-        pass
-    hits = [e for e in ranking[: int(0.04 * len(labels))] if int(e["key"][6:]) in set(flipped.tolist())]
-    right = sum(e["suggested"] == str(labels[int(e["key"][6:])]) for e in hits)
-    with capsys.disabled():
-        print(f"suggested label is the true one for {right} of the {len(hits)} flips in the top 4%")
-    assert right >= 0.8 * len(hits)
-    with (tmp_path / "audit" / "relabel.csv").open() as handle:
-        assert len(list(csv.DictReader(handle))) == result["label_issues"]["flagged"] > 0
-    assert "suspected label error" in stdout
+
+def ranked_audit(parent: Path, out: Path, method: str, monkeypatch, capsys, *extra: str) -> dict:
+    """`astro audit --cv PARENT --label-method METHOD`: its label_issues and stdout."""
+    args = ["audit", "--cv", parent, "--label-method", method, "--output", out, *extra]
+    code, stdout, err = run_astro(args, monkeypatch, capsys)
+    assert code == 0, err
+    return {**json.loads((out / "audit.json").read_text())["label_issues"], "stdout": stdout}
+
+
+def test_label_errors_from_out_of_fold_probabilities(tmp_path, monkeypatch, capsys) -> None:
+    """2% of the real digits get a wrong label (data.relabel); a short 3-fold cv; the flipped images
+    must fill >= 60% of the top 4% of `astro audit --cv`'s ranking (built-in, and cleanlab if installed)."""
+    labels, flipped, relabel = flip_digits(tmp_path)
+    args = ["cv", "--recipe", "quickstart", "--folds", "3", "-q", "data.source=digits", "data.img_size=8",
+            "data.num_workers=0", "data.pipeline=tensor", "model.name=resnet20", "train.epochs=8",
+            "train.batch_size=64", "train.device=cpu", f"output.dir={tmp_path}", "output.name=flip",
+            "output.plots=false", "output.report=false", f"data.relabel={relabel}"]  # fmt: skip
+    code, _, err = run_astro(args, monkeypatch, capsys)
+    assert code == 0, err
+    parent = tmp_path / "flip-cv"
+    check_oof(parent, labels, flipped)
+    top = int(0.04 * len(labels))
+    methods = ["builtin"] + (["cleanlab"] if importlib.util.find_spec("cleanlab") else [])
+    for method in methods:
+        issues = ranked_audit(parent, tmp_path / method, method, monkeypatch, capsys, "--fix")
+        hits = [e for e in issues["ranking"][:top] if e["key"] in flipped]
+        right = sum(e["suggested"] == str(labels[int(e["key"][6:])]) for e in hits)
+        with capsys.disabled():  # in the log, even under capture
+            print(f"{issues['method']}: {len(hits) / len(flipped):.3f} of the flips in the top 4%, "
+                  f"suggested label right for {right} of them")  # fmt: skip
+        assert len(hits) >= 0.6 * len(flipped) and right >= 0.8 * len(hits)
+        with (tmp_path / method / "relabel.csv").open() as handle:
+            assert len(list(csv.DictReader(handle))) == issues["flagged"] > 0
+        assert "suspected label error" in issues["stdout"]
     # Resumable: without oof.npz and one fold's predictions, the same cv rebuilds them, retraining nothing.
     best = parent / "fold1-seed0" / "best.safetensors"
-    stamp = best.stat().st_mtime_ns
-    before = (parent / "oof.csv").read_text()
+    stamp, before = best.stat().st_mtime_ns, (parent / "oof.csv").read_text()
     (parent / "oof.npz").unlink()
     (parent / "fold1-seed0" / "predictions.npz").unlink()
     code, _, err = run_astro(args, monkeypatch, capsys)

@@ -86,6 +86,24 @@ def print_summary(result: dict[str, Any], out_dir: Path) -> None:
         )
 
 
+def run_with_count(run_audit: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """``run_audit`` with a count of decoded images on a terminal (logs and pipes get nothing, so a
+    failed audit stays one line)."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from astrocli.output import make_console
+
+    err = make_console(stderr=True)
+    columns = (
+        SpinnerColumn(),
+        TextColumn("{task.description}: {task.completed} images"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as progress:
+        task = progress.add_task("decoding and hashing", total=None)
+        return run_audit(*args, on_image=lambda n: progress.advance(task, n), **kwargs)
+
+
 def audit_command(
     overrides: Overrides = None,
     recipe: RecipeOption = None,
@@ -133,20 +151,10 @@ def audit_command(
         raise AstroError(f"--max-bits must be between 0 and 256, got {max_bits}")
     chosen = audit_recipe(recipe, overrides or [], cv)
     out_dir = output or Path(chosen.output.dir) / f"{chosen.output.name}-audit"
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-    from astrocli.output import make_console
-
-    count = TextColumn("{task.description}: {task.completed} images")
-    columns = (SpinnerColumn(), count, TimeElapsedColumn())
-    err = make_console(stderr=True)
-    # A terminal sees the count; logs and pipes get nothing (a failed audit stays one line).
-    with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as progress:
-        task = progress.add_task("decoding and hashing", total=None)
-        result = run_audit(
-            chosen.data, out_dir, cv_dir=cv, checkpoint=checkpoint, fix=fix, max_bits=max_bits,
-            min_cosine=min_cosine, label_method=label_method, on_image=lambda n: progress.advance(task, n),
-        )  # fmt: skip
+    result = run_with_count(
+        run_audit, chosen.data, out_dir, cv_dir=cv, checkpoint=checkpoint, fix=fix, max_bits=max_bits,
+        min_cosine=min_cosine, label_method=label_method,
+    )  # fmt: skip
     print_summary(result, out_dir)
 
 

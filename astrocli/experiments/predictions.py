@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import csv
 import io
-import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -191,14 +191,20 @@ def read_predictions(path: str | Path) -> Predictions:
     )
 
 
-def write_oof(parent: str | Path) -> Path | None:
-    """``PARENT/oof.npz`` + ``oof.csv`` from the fold runs' predictions (None when no run has them)."""
-    from astrocli.cv import PLAN_FILE, plan_runs
+class FoldRun(Protocol):
+    """What write_oof needs of a cv run (astrocli.cv.CvRun has it)."""
 
+    name: str
+    fold: int
+    repeat: int
+    seed: int
+
+
+def write_oof(parent: str | Path, runs: Sequence[FoldRun]) -> Path | None:
+    """``PARENT/oof.npz`` + ``oof.csv`` from the fold runs' predictions (None when no run has them)."""
     parent = Path(parent)
-    plan = json.loads((parent / PLAN_FILE).read_text())
     parts = []
-    for run in plan_runs(plan["folds"], plan["repeats"], plan["seeds"]):
+    for run in runs:
         path = parent / run.name / PREDICTIONS_NPZ
         if not path.is_file():
             continue
@@ -208,10 +214,10 @@ def write_oof(parent: str | Path) -> Path | None:
     if not parts:
         return None
     extra = {
-        name: np.concatenate([np.full(len(rows), getattr(run, attr)) for run, _, rows in parts]).astype(
-            np.int64
+        name: np.concatenate(
+            [np.full(len(rows), getattr(run, name), dtype=np.int64) for run, _, rows in parts]
         )
-        for name, attr in (("fold", "fold"), ("repeat", "repeat"), ("seed", "seed"))
+        for name in ("fold", "repeat", "seed")
     }
     oof = Predictions(
         split=np.concatenate([p.split[rows] for _, p, rows in parts]),

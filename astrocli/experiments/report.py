@@ -144,16 +144,14 @@ def prediction_sections(
     preds: Any, rows: np.ndarray, view: DataView | None, budget: Budget, what: str
 ) -> list[Section]:
     """Confusion matrix (cells linked to their images), per class, calibration, mistakes, the cells."""
-    from astrocli.calibration import reliability
-    from astrocli.metrics import classification_metrics, expected_calibration_error
+    from astrocli.metrics import classification_metrics
 
     names = preds.class_names
     probs, targets, keys = preds.probs[rows], preds.target[rows], preds.key[rows]
     if not len(rows):
         return [Section("predictions", "Predictions", "<p>No held-out predictions to show.</p>")]
     report = classification_metrics(probs, targets, names)
-    predicted = probs.argmax(axis=1)
-    confidence = probs.max(axis=1)
+    predicted, confidence = probs.argmax(axis=1), probs.max(axis=1)
     mistakes = np.nonzero(predicted != targets)[0]
     mistakes = mistakes[np.argsort(-confidence[mistakes], kind="stable")]
     shown = mistakes[: budget.take(min(GALLERY, len(mistakes)))]
@@ -166,18 +164,6 @@ def prediction_sections(
         f"the {len(shown)} the model was surest of "
         f'(highest predicted probability) first.</p><div class="grid" id="mistakes-grid">{gallery}</div>'
     )
-    calibrated = _calibrated(probs, preds.temperature)
-    curves = [("raw", reliability(probs, targets), expected_calibration_error(probs, targets))]
-    if preds.temperature != 1.0:
-        curves.append(
-            (
-                f"T = {preds.temperature:.3g}",
-                reliability(calibrated, targets),
-                expected_calibration_error(calibrated, targets),
-            )
-        )
-    from astrocli.experiments.report_html import reliability_chart
-
     per_class = table(
         ["class", "precision", "recall", "F1", "support"],
         [
@@ -185,32 +171,31 @@ def prediction_sections(
             for r in report["per_class"]
         ],
     )
+    matrix = confusion_table(report["confusion_matrix"], names, set(cells))
+    averages = f"macro-F1 {report['macro_f1']:.2f}%, balanced accuracy {report['balanced_accuracy']:.2f}%"
+    blocks = cell_blocks(cells, keys, targets, predicted, confidence, names, view, budget)
     return [
-        Section(
-            "confusion",
-            "Confusion matrix",
-            f'<p class="muted">Rows: true class; columns: predicted, on '
-            f"{esc(what)} ({len(rows)} images). Click a count to see its images.</p>"
-            + confusion_table(report["confusion_matrix"], names, set(cells)),
-        ),
-        Section(
-            "per-class",
-            "Per class",
-            per_class + f'<p class="muted">macro-F1 {report["macro_f1"]:.2f}%, '
-            f"balanced accuracy {report['balanced_accuracy']:.2f}%</p>",
-        ),
-        Section(
-            "calibration",
-            "Calibration",
-            '<div class="charts">' + reliability_chart(curves, "reliability") + "</div>",
-        ),
+        Section("confusion", "Confusion matrix", f'<p class="muted">Rows: true class; columns: predicted, on '
+                f"{esc(what)} ({len(rows)} images). Click a count to see its images.</p>{matrix}"),
+        Section("per-class", "Per class", f'{per_class}<p class="muted">{averages}</p>'),
+        Section("calibration", "Calibration", calibration_chart(probs, targets, preds.temperature)),
         Section("mistakes", "Most confident mistakes", gallery_body),
-        Section(
-            "cells",
-            "Images by cell",
-            cell_blocks(cells, keys, targets, predicted, confidence, names, view, budget),
-        ),
-    ]
+        Section("cells", "Images by cell", blocks),
+    ]  # fmt: skip
+
+
+def calibration_chart(probs: np.ndarray, targets: np.ndarray, temperature: float) -> str:
+    """The reliability diagram of the raw probabilities and, when the run fitted one, at its temperature."""
+    from astrocli.calibration import reliability
+    from astrocli.experiments.report_html import reliability_chart
+    from astrocli.metrics import expected_calibration_error
+
+    curves = [("raw", reliability(probs, targets), expected_calibration_error(probs, targets))]
+    if temperature != 1.0:
+        calibrated = _calibrated(probs, temperature)
+        ece = expected_calibration_error(calibrated, targets)
+        curves.append((f"T = {temperature:.3g}", reliability(calibrated, targets), ece))
+    return '<div class="charts">' + reliability_chart(curves, "reliability") + "</div>"
 
 
 def _calibrated(probs: np.ndarray, temperature: float) -> np.ndarray:
