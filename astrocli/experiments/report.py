@@ -117,13 +117,15 @@ def run_page(run_dir: Path, budget: Budget) -> str:
     preds = read_predictions(run_dir / PREDICTIONS_NPZ)
     split = "test" if len(preds.rows("test")) else "val"
     rows = preds.rows(split)
+    # data.split=test: the "val" rows are the test split, which also selected the checkpoint
+    shown = "test" if split == "val" and summary.get("selected_on") == "test" else split
     view, note = open_data(recipe.get("data", {}))
-    sections = [run_overview(summary, recipe, split, len(rows), run.read_metrics())]
-    sections += prediction_sections(preds, rows, view, budget, f"the {split} split")
+    sections = [run_overview(summary, recipe, shown, len(rows), run.read_metrics())]
+    sections += prediction_sections(preds, rows, view, budget, f"the {shown} split")
     sections.append(recipe_section(recipe_text))
     top1 = 100.0 * float((preds.predicted[rows] == preds.target[rows]).mean()) if len(rows) else 0.0
     cards = [
-        (f"{split} top-1", f"{top1:.2f}%"),
+        (f"{shown} top-1", f"{top1:.2f}%"),
         ("images scored", str(len(rows))),
         ("selected on", summary.get("selected_on", "val")),
         ("model", summary.get("model", "?")),
