@@ -5,10 +5,11 @@ fitted to minimise the negative log-likelihood of the validation split, fixes mo
 changing any prediction (the arg-max of ``z / T`` is the arg-max of ``z``).
 
 - At the end of ``astro train`` (``train.calibrate: true``), ``T`` is fitted for ``best`` and
-  ``last`` on the validation split and written into their metadata (``temperature``).
+  ``last`` on the validation split and written into their metadata (``temperature``):
+  astrocli/engine/calibrate.py.
 - ``astro eval CKPT --calibrate`` fits it for an existing checkpoint on the validation split of
   the checkpoint's recipe and rewrites the checkpoint in place (atomically; only the metadata
-  changes), so ``astro predict`` and a later ``astro export`` use it.
+  changes), so ``astro predict`` and a later ``astro export`` use it: astrocli/inference/calibrate.py.
 - ``astro predict`` (PyTorch and ONNX) returns ``softmax(logits / T)``; an exported ONNX file
   keeps the raw logits as its output and carries ``temperature`` in its metadata, like every
   other preprocessing fact, so both paths give the same probabilities.
@@ -22,13 +23,13 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from astrocli.errors import AstroError
+from astrocli.checkpoint import load_checkpoint, save_checkpoint
+from astrocli.files import atomic_write_bytes
 from astrocli.metrics import ECE_BINS, expected_calibration_error, softmax, to_numpy
 
 T_RANGE = (0.05, 20.0)  # a temperature outside this means the fit went wrong: clamp
@@ -39,7 +40,7 @@ def fit_temperature(logits: Any, targets: Any, max_iter: int = 100) -> float:
 
     LBFGS over ``log T`` (positive by construction), in float64, from ``T = 1``.
     """
-    import torch
+    import torch  # lazy: keeps start-up torch-free
     import torch.nn.functional as F
 
     z = torch.as_tensor(to_numpy(logits), dtype=torch.float64)
@@ -99,12 +100,10 @@ def reliability_path(plot: str | Path) -> Path:
 
 def plot_reliability(report: dict[str, Any], path: str | Path) -> None:
     """Atomically save the reliability diagram (accuracy against confidence per bin, raw and calibrated)."""
-    import matplotlib
+    import matplotlib  # matplotlib loads only to draw
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from astrocli.checkpoint import atomic_write_bytes
 
     fig, ax = plt.subplots(figsize=(5.5, 5))
     try:
@@ -137,137 +136,8 @@ def plot_reliability(report: dict[str, Any], path: str | Path) -> None:
 def write_temperature(path: str | Path, temperature: float, metrics: dict[str, float] | None = None) -> None:
     """Rewrite checkpoint ``path`` with ``temperature`` (and ``metrics`` merged) in its metadata,
     atomically; the weights are copied unchanged."""
-    from astrocli.checkpoint import load_checkpoint, save_checkpoint
-
     tensors, meta = load_checkpoint(path)
     meta.temperature = float(temperature)
     if metrics:
         meta.metrics = {**meta.metrics, **metrics}
     save_checkpoint(path, tensors, meta)
-
-
-# -------------------------------------------------------------------------------------------------
-# At the end of training
-# -------------------------------------------------------------------------------------------------
-
-
-def _gather(tensor: Any) -> Any:
-    """Concatenate a ``[n, ...]`` tensor over DDP ranks (rows of unequal count are padded, then cut)."""
-    import torch
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return tensor
-    count = torch.tensor([len(tensor)], device=tensor.device)
-    counts = [torch.zeros_like(count) for _ in range(dist.get_world_size())]
-    dist.all_gather(counts, count)
-    longest = int(max(c.item() for c in counts))
-    padded = torch.zeros((longest, *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
-    padded[: len(tensor)] = tensor
-    parts = [torch.zeros_like(padded) for _ in counts]
-    dist.all_gather(parts, padded)
-    return torch.cat([p[: int(c.item())] for p, c in zip(parts, counts, strict=True)])
-
-
-def collect_logits(model: Any, batches: Any, device: Any, amp_dtype: Any = None) -> tuple[Any, Any]:
-    """Logits and targets of ``model`` over an evaluation batch source, from every rank (CPU float64)."""
-    import torch
-
-    model.eval()
-    all_logits, all_targets = [], []
-    with torch.no_grad():
-        for images, targets in batches:
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                all_logits.append(model(images).float())
-            all_targets.append(targets)
-    if not all_logits:
-        return torch.zeros(0, 0, dtype=torch.float64), torch.zeros(0, dtype=torch.int64)
-    logits, targets = _gather(torch.cat(all_logits)), _gather(torch.cat(all_targets))
-    return logits.double().cpu(), targets.cpu()
-
-
-def calibrate_after_training(trainer: Any) -> dict[str, float] | None:
-    """Fit ``T`` for the run's ``best`` and ``last`` checkpoints on the validation split and write it.
-
-    Returns the best checkpoint's summary (``temperature``, ``ece``, ``ece_calibrated``), or None
-    when there is nothing to calibrate. Every rank takes part (the logits are gathered).
-    """
-    import torch
-
-    from astrocli.checkpoint import load_checkpoint
-    from astrocli.engine.build import build_model
-
-    run_dir = trainer.run_dir
-    if len(trainer.eval_batches) == 0:
-        return None
-    results: dict[str, dict[str, float]] = {}
-    for name in ("best", "last"):
-        path = run_dir / f"{name}.safetensors"
-        exists = torch.tensor(float(path.is_file()), device=trainer.device)
-        from astrocli.engine import distributed as ddp
-
-        if ddp.all_reduce_sum(exists).item() < trainer.dist.world_size:
-            continue
-        if name == "last":
-            model = trainer.model
-        else:
-            state_dict, _ = load_checkpoint(path)
-            # load_weights=False: the checkpoint's weights replace them (no pretrained fetch again)
-            model = build_model(trainer.recipe, trainer.bundle.num_classes, load_weights=False)
-            model = model.to(trainer.device)
-            model.load_state_dict(state_dict)
-        logits, targets = collect_logits(model, trainer.eval_batches, trainer.device, trainer.amp_dtype)
-        if len(targets) == 0:
-            return None
-        summary = calibration_summary(logits, targets, fit_temperature(logits, targets))
-        results[name] = summary
-        if trainer.dist.is_main:
-            ece = {k: v for k, v in summary.items() if k != "temperature"}
-            write_temperature(path, summary["temperature"], ece)
-    return results.get("best") or results.get("last")
-
-
-# -------------------------------------------------------------------------------------------------
-# For an existing checkpoint: astro eval --calibrate
-# -------------------------------------------------------------------------------------------------
-
-
-def calibration_recipe(meta: Any, overrides: Sequence[str]) -> Any:
-    """The checkpoint's recipe with ``overrides`` (e.g. a moved ``data.root``), except that the
-    split is always the recipe's own held-out split: ``T`` is fitted on validation data only."""
-    from astrocli.evaluate import eval_recipe
-
-    kept = [o for o in overrides if o.partition("=")[0].strip() != "data.split"]
-    return eval_recipe(meta, kept)
-
-
-def calibrate_checkpoint(
-    runner: Any, overrides: Sequence[str] = (), batch_size: int = 64, num_workers: int = 0
-) -> dict[str, Any]:
-    """Fit ``T`` for ``runner``'s checkpoint on its recipe's validation split; rewrite the checkpoint.
-
-    Returns the summary plus ``split`` (the held-out split fitted on).
-
-    Raises:
-        AstroError: the model is not an astro ``.safetensors`` checkpoint (an ``.onnx`` file is
-            calibrated through its checkpoint, then exported again).
-    """
-    from astrocli.data import build_datasets
-    from astrocli.evaluate import _collect
-
-    if runner.kind != "pytorch":
-        raise AstroError(
-            f"--calibrate needs the .safetensors checkpoint, not {runner.source}; calibrate the "
-            "checkpoint, then export it again (the ONNX file carries the temperature)"
-        )
-    recipe = calibration_recipe(runner.meta, overrides)
-    recipe.data.download = False
-    bundle = build_datasets(recipe.data)
-    # Log-probabilities are the logits shifted per row, and softmax(z / T) ignores that shift.
-    logits, _, targets = _collect(runner, bundle.val, batch_size, num_workers)
-    summary = calibration_summary(logits, targets, fit_temperature(logits, targets))
-    write_temperature(runner.source, summary["temperature"])
-    runner.meta.temperature = summary["temperature"]
-    summary["split"] = (bundle.split_info or {}).get("heldout_split", recipe.data.split)
-    summary["num_samples"] = len(targets)
-    return summary

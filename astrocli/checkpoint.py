@@ -1,4 +1,4 @@
-"""Model checkpoints: safetensors weights plus JSON metadata, written atomically.
+"""Model checkpoints: safetensors weights plus JSON metadata, written atomically (astrocli/files.py).
 
 A checkpoint (``best.safetensors``, ``last.safetensors``) holds the weights to run the model
 with and, in the safetensors header metadata (string to string), everything needed to rebuild
@@ -25,21 +25,20 @@ Checkpoints written before the float path have none of the last four keys; they 
     temperature  "1.43": softmax temperature fitted on the validation split (astrocli/calibration.py);
                  absent in older checkpoints, read as 1.0
 
-Nothing here unpickles: safetensors cannot hold code.
+Nothing here unpickles: safetensors cannot hold code. Building a model from a checkpoint is
+:func:`astrocli.models.loading.load_model_from_checkpoint` (this module stays torch-free at import).
 """
 
 from __future__ import annotations
 
-import errno
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from astrocli.errors import CheckpointError, first_line, write_error
+from astrocli.errors import CheckpointError, first_line
+from astrocli.files import atomic_write_bytes
 
 if TYPE_CHECKING:  # annotations only: CheckpointMeta and atomic writes must work without torch (ONNX predict)
     import torch
@@ -66,7 +65,7 @@ class CheckpointMeta:
     weights: str = "model"
     epoch: int = 0
     metrics: dict[str, Any] = field(default_factory=dict)
-    # The float path (astrocli.science): None = take it from ``recipe['data']`` (older checkpoints).
+    # The float path (astrocli.images.arrays): None = take it from ``recipe['data']`` (older checkpoints).
     pixels: str | None = None
     scaling: str | None = None
     scaling_params: dict[str, float] | None = None
@@ -142,59 +141,6 @@ class CheckpointMeta:
             raise CheckpointError(f"{source}: damaged astro metadata ({exc})") from None
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the whole new one, never half."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)  # missing output folders are created
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise write_error(path, exc) from None
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp makes 0600; give the file normal permissions
-        os.replace(tmp, path)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise write_error(path, exc) from None
-        raise
-
-
-def check_writable(path: str | Path) -> None:
-    """Fail before any work when ``path`` cannot be written (a read-only folder, a file in the way).
-
-    Missing folders are fine (the atomic write creates them); the nearest existing one is tried
-    with a real temporary file, since permission bits say nothing on a read-only mount or as root.
-    """
-    path = Path(path)
-    folder = path.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    try:
-        if not folder.is_dir():
-            raise NotADirectoryError(errno.ENOTDIR, "not a directory", str(folder))
-        fd, tmp = tempfile.mkstemp(prefix=".astro-write-check.", dir=folder)
-        os.close(fd)
-        os.unlink(tmp)
-    except OSError as exc:
-        raise write_error(path, exc) from None
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Text version of :func:`atomic_write_bytes`."""
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
 def save_tensors(path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> None:
     """Atomically write tensors + string metadata as safetensors.
 
@@ -237,39 +183,3 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], Checkpoi
     """Read a model checkpoint: its state dict and its :class:`CheckpointMeta`."""
     tensors, metadata = read_tensors(path)
     return tensors, CheckpointMeta.from_metadata(metadata, source=str(path))
-
-
-def load_model_from_checkpoint(
-    path: str | Path, device: str | torch.device = "cpu"
-) -> tuple[torch.nn.Module, CheckpointMeta]:
-    """Build the checkpoint's architecture and load its weights strictly.
-
-    A checkpoint whose tensors do not fit the named architecture raises CheckpointError
-    (one line: how many keys are missing / unexpected / mis-shaped).
-    """
-    from astrocli.models import create_model
-
-    state_dict, meta = load_checkpoint(path)
-    model = create_model(
-        meta.model, num_classes=meta.num_classes, img_size=meta.img_size, in_chans=meta.in_chans
-    )
-    load_state_dict_strict(model, state_dict, source=str(path), arch=meta.model)
-    return model.to(device).eval(), meta
-
-
-def load_state_dict_strict(
-    model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], source: str, arch: str
-) -> None:
-    """``model.load_state_dict(strict=True)``, failing with one line instead of a long RuntimeError."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
-    mismatched = [k for k in own if k in state_dict and own[k].shape != state_dict[k].shape]
-    if missing or unexpected or mismatched:
-        example = (missing or unexpected or mismatched)[0]
-        raise CheckpointError(
-            f"{source}: weights do not fit architecture '{arch}' ({len(missing)} missing, "
-            f"{len(unexpected)} unexpected, {len(mismatched)} mis-shaped tensors, e.g. '{example}'); "
-            "is this checkpoint from another model?"
-        )
-    model.load_state_dict(state_dict, strict=True)

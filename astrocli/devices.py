@@ -20,7 +20,7 @@ def resolve_device(
     Raises:
         AstroError: an unknown device name, or CUDA asked for where torch sees none.
     """
-    import torch
+    import torch  # lazy: keeps start-up torch-free
 
     text = str(spec)
     if text == "auto":
@@ -56,7 +56,7 @@ def _setting(option: str, value: Any) -> str:
 def free_memory_bytes(device: Any) -> int | None:
     """Free memory on ``device``: CUDA's free memory, else Linux's MemAvailable; None if unknown."""
     if device.type == "cuda":
-        import torch
+        import torch  # lazy: keeps start-up torch-free
 
         return int(torch.cuda.mem_get_info(device)[0])
     try:

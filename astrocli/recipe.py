@@ -37,15 +37,33 @@ class ModelConfig:
     drop_rate: float = 0.0
     drop_path_rate: float | None = None  # None: the model's own default
     # Weights to start from: a .safetensors (.pth/.bin) file or folder, hf-hub:<org>/<name>, or timm
-    # (a timm/<name> model's default pretrained tag); see astrocli/pretrained.py
+    # (a timm/<name> model's default pretrained tag); see astrocli/models/pretrained.py
     pretrained: str | None = None
+
+
+# The data sources astrocli.data.sources.SOURCES registers, named here so that the recipe's own type
+# check refuses any other (tests/test_recipe.py keeps the two lists equal).
+SourceName = Literal[
+    "imagefolder",
+    "tiny_imagenet",
+    "galaxy10_decals",
+    "galaxy10_sdss",
+    "cifar10",
+    "cifar100",
+    "mnist",
+    "fashion_mnist",
+    "flowers102",
+    "digits",
+    "h5",
+    "npz",
+]
 
 
 @dataclass
 class DataConfig:
     """Where the images come from and how they are split and fed."""
 
-    source: str = "imagefolder"  # a source registered in astrocli.data.sources.SOURCES
+    source: SourceName = "imagefolder"  # a source registered in astrocli.data.sources.SOURCES
     root: str = "data"
     img_size: int = 32
     in_chans: int = 3
@@ -113,7 +131,7 @@ class AugmentConfig:
     label_smoothing: float = 0.0
     # Fills the keys a recipe leaves out (augmentation, lr, warmup, epochs) from what the data is:
     # auto (light, or strong for runs of 100+ epochs) | light | strong | none (fixed defaults;
-    # the paper recipes, which spell out their settings). Rules: astrocli/defaults.py
+    # the paper recipes, which spell out their settings). Rules: astrocli/data/defaults.py
     preset: Literal["auto", "none", "light", "strong"] = "auto"
 
 
@@ -300,7 +318,7 @@ def recipe_from_dict(raw: dict[str, Any]) -> Recipe:
     """Build a :class:`Recipe` from plain data, strictly: every key known, every value typed and in range.
 
     The recipe remembers which keys ``raw`` set (:func:`given_keys`): data-driven defaults
-    (astrocli/defaults.py) fill only the others.
+    (astrocli/data/defaults.py) fill only the others.
     """
     recipe = _build(Recipe, raw, "")
     check_ranges(recipe)
@@ -349,23 +367,9 @@ def _range_pair(low: float, high: float) -> Constraint:
     )
 
 
-def _registered_source(name: str) -> bool:
-    # Imported here: astrocli.data.sources imports this module (for DataConfig).
-    from astrocli.data.sources import SOURCES
-
-    return name in SOURCES
-
-
-def _source_names() -> str:
-    from astrocli.data.sources import SOURCES
-
-    return "one of " + ", ".join(repr(name) for name in SOURCES)
-
-
 CONSTRAINTS: dict[str, Constraint] = {
     "model.drop_rate": _in_range(0.0, 1.0, high_open=True),
     "model.drop_path_rate": _in_range(0.0, 1.0, high_open=True),
-    "data.source": Constraint(_registered_source, "a registered source"),  # expect filled in on failure
     "data.img_size": POSITIVE,
     "data.in_chans": POSITIVE,  # 8-bit sources take 1 or 3; the float path any band count (data/sources.py)
     "data.split": Constraint(lambda v: v in SPLITS, "one of " + ", ".join(repr(v) for v in SPLITS)),
@@ -421,10 +425,11 @@ def check_ranges(recipe: Recipe) -> None:
         value = getattr(getattr(recipe, section), name)
         if value is None or constraint.test(value):
             continue
-        expect = _source_names() if key == "data.source" else constraint.expect
         default = getattr(getattr(Recipe(), section), name)
-        example = f" (the default is {key}={_yaml_scalar(default)})" if key != "data.source" else ""
-        raise RecipeError(f"recipe key '{key}' must be {expect}, got {_yaml_scalar(value)}{example}")
+        example = f"(the default is {key}={_yaml_scalar(default)})"
+        raise RecipeError(
+            f"recipe key '{key}' must be {constraint.expect}, got {_yaml_scalar(value)} {example}"
+        )
 
 
 def _yaml_scalar(value: Any) -> str:
@@ -532,6 +537,11 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         if isinstance(value, (list, tuple)):
             return [_coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
         raise fail
+    return _coerce_scalar(value, tp, path, fail)
+
+
+def _coerce_scalar(value: Any, tp: Any, path: str, fail: RecipeError) -> Any:
+    """The plain types of :func:`_coerce`: bool, int, float, str (and Any, taken as given)."""
     if tp is bool:
         if isinstance(value, bool):
             return value

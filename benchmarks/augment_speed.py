@@ -38,11 +38,8 @@ sys.path.insert(0, str(REPO))
 
 from timm.data import Mixup, create_transform  # noqa: E402
 
-from astrocli.data.tensor_pipeline import (  # noqa: E402
-    TensorCache,
-    TensorTrainBatches,
-    keep_freed_batch_buffers,
-)
+from astrocli.data.tensor_cache import TensorCache  # noqa: E402
+from astrocli.data.tensor_pipeline import TensorTrainBatches, keep_freed_batch_buffers  # noqa: E402
 from astrocli.recipe import load_recipe  # noqa: E402
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)

@@ -37,8 +37,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from astrocli.engine import train  # noqa: E402
-from astrocli.evaluate import collect_probabilities, eval_recipe  # noqa: E402
-from astrocli.inference import load_runner  # noqa: E402
+from astrocli.inference.evaluate import collect_probabilities, eval_recipe  # noqa: E402
+from astrocli.inference.runner import load_runner  # noqa: E402
 from astrocli.recipe import load_recipe  # noqa: E402
 
 MODEL = "resnet20"  # --model: any zoo name (the issue's user trained cct_2_3x2_32)
@@ -155,7 +155,7 @@ def plumbing(work: Path, name: str) -> list[str]:
 
 def compare(label: str, data: list[str], img_size: int, epochs: int, work: Path) -> list[dict]:
     """The auto recipe and the grid on one data set (the grid gets auto's warmup rule)."""
-    from astrocli.defaults import auto_warmup
+    from astrocli.data.defaults import auto_warmup
 
     base = [f"model.name={MODEL}", *data, f"data.img_size={img_size}", f"train.epochs={epochs}"]
     results = [run("auto (model, data, epochs only)", [*base, *plumbing(work, f"{label}-auto")], work)]

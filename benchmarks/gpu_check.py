@@ -7,7 +7,7 @@ Measures, on one GPU, in at most ``--budget-s`` seconds (default 230: within 4 m
   device, for ``cct_7_3x1_32`` at 32 px and ``astroformer_0`` at 64 px (target: real >= 90%);
 - ``mfu_eager`` / ``mfu_compiled``: model FLOP utilisation of ``cct_7_3x1_32``, batch 512, bf16,
   against the bf16 matmul rate measured in the same run (``matmul``), channels-last off and on
-  (target >= 30%); FLOPs from astro's own counter (``astrocli.bench.count_flops``);
+  (target >= 30%); FLOPs from astro's own counter (``astrocli.models.cost.count_flops``);
 - ``packing``: 8 processes sharing the GPU, each training ``cct_2_3x2_32`` with the tensor pipeline,
   against one such process alone (target: >= 5x the images/s), and 8 models stacked into one
   process with ``torch.func.stack_module_state`` + ``vmap``;

@@ -34,8 +34,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from astrocli.bench import time_steps, training_step_fn
 from astrocli.models import count_params
+from astrocli.models.cost import time_steps, training_step_fn
 
 
 @dataclass

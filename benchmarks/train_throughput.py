@@ -41,7 +41,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from astrocli.data.base import ImageFileDataset  # noqa: E402
-from astrocli.data.tensor_pipeline import TensorTrainBatches, build_tensor_cache  # noqa: E402
+from astrocli.data.tensor_cache import build_tensor_cache  # noqa: E402
+from astrocli.data.tensor_pipeline import TensorTrainBatches  # noqa: E402
 from astrocli.recipe import load_recipe  # noqa: E402
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -174,7 +175,7 @@ def endless(source):
 
 
 def forward_flops_per_image(model: torch.nn.Module, img_size: int) -> int:
-    from astrocli.bench import count_flops
+    from astrocli.models.cost import count_flops
 
     return count_flops(model, img_size)
 

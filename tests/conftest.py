@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from battery import IS_ROOT, train_args
+from helpers import class_dirs
+from PIL import Image
+
+from astrocli.engine import train
+from astrocli.recipe import load_recipe
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
@@ -56,3 +64,62 @@ def cifar10_small(cifar10_zip: Path, tmp_path_factory: pytest.TempPathFactory) -
             counts[(split, cls)] = counts.get((split, cls), 0) + 1
             archive.extract(name, root)
     return root
+
+
+# -- the bad-input battery (test_bad_inputs.py, test_run_guard.py) --------------------------------
+
+
+@pytest.fixture(scope="module")
+def data(galaxy_sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """18 real galaxies (3 classes x 6) at 32 px: a tiny image-folder tree."""
+    root = tmp_path_factory.mktemp("bad_inputs") / "data"
+    for cls in class_dirs(galaxy_sample_dir)[:3]:
+        (root / cls.name).mkdir(parents=True)
+        for path in sorted(cls.glob("*.jpg"))[:6]:
+            Image.open(path).convert("RGB").resize((32, 32)).save(root / cls.name / path.name)
+    return root
+
+
+@pytest.fixture
+def readonly_dir(tmp_path: Path) -> Iterator[Path]:
+    """An empty folder nobody can write: a read-only tmpfs as root (chmod does not stop root)."""
+    folder = tmp_path / "readonly"
+    folder.mkdir()
+    if IS_ROOT:
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)], check=False)
+        if done.returncode != 0:
+            pytest.skip("running as root but cannot mount a read-only tmpfs")
+        yield folder
+        subprocess.run(["umount", str(folder)], check=False)
+    else:
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """Two small tmpfs mounts (24 MB and 2 MB); the full-disk tests need root to mount them."""
+    if not IS_ROOT:
+        pytest.skip("full-disk tests mount a small tmpfs, which needs root")
+    mounts = []
+    for name, size in (("disk", "24m"), ("tiny", "2m")):
+        folder = tmp_path / name
+        folder.mkdir()
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], check=False
+        )
+        if done.returncode != 0:
+            pytest.skip("running as root but cannot mount a tmpfs (no CAP_SYS_ADMIN in this container?)")
+        mounts.append(folder)
+    yield mounts[0], mounts[1]
+    for folder in mounts:
+        subprocess.run(["umount", str(folder)], check=False)
+
+
+@pytest.fixture(scope="module")
+def trained_run(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished one-epoch run (with resume.safetensors and last.safetensors)."""
+    out = tmp_path_factory.mktemp("trained")
+    recipe = load_recipe("quickstart", [a for a in train_args(data, out) if "=" in a])
+    return train(recipe, log="quiet")

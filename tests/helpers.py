@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 
-from astrocli.checkpoint import CheckpointMeta, save_checkpoint
+from astrocli.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from astrocli.cli import main
 from astrocli.models import create_model
 from astrocli.recipe import Recipe
@@ -80,6 +80,20 @@ def run_astro(
     return code, captured.out, captured.err
 
 
+def run_astro_narrow(
+    args: list, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, columns: int = 40
+) -> tuple[int, str]:
+    """The `astro` entry point in-process with stdout captured (not a terminal) and a narrow COLUMNS."""
+    monkeypatch.setenv("COLUMNS", str(columns))
+    monkeypatch.setattr(sys, "argv", ["astro", *map(str, args)])
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code or 0
+    return code, capsys.readouterr().out
+
+
 def class_dirs(root: Path) -> list[Path]:
     """The class folders of an image-folder tree, sorted, hidden ones skipped (as astro's readers do:
     a `.astro-cache/` or `.ipynb_checkpoints/` beside the classes is not a class)."""
@@ -113,4 +127,16 @@ def make_checkpoint(
         **meta_fields,
     )
     save_checkpoint(path, model.state_dict(), meta)
+    return path
+
+
+def checkpoint_without_hflip(folder: Path, data_root: Path) -> Path:
+    """A fresh resnet20 checkpoint whose recipe trained without horizontal flips, deep in ``folder``
+    (a long path, which narrow consoles must not fold)."""
+    path = folder / ("deep-" * 12) / "best.safetensors"
+    path.parent.mkdir(parents=True)
+    make_checkpoint(path, "resnet20", 16, data_root)
+    state, meta = load_checkpoint(path)
+    meta.recipe["augment"]["hflip"] = 0.0
+    save_checkpoint(path, state, meta)
     return path

@@ -14,9 +14,10 @@ from helpers import make_checkpoint, run_astro
 from astrocli.calibration import calibration_summary, fit_temperature
 from astrocli.checkpoint import CheckpointMeta, load_checkpoint
 from astrocli.engine import train
-from astrocli.inference import load_runner
+from astrocli.images.load import load_image
+from astrocli.inference.predict import collect_inputs, predict_files
+from astrocli.inference.runner import load_runner
 from astrocli.metrics import softmax
-from astrocli.predict import collect_inputs, load_image, predict_files
 from astrocli.recipe import load_recipe
 
 
@@ -59,7 +60,7 @@ def test_old_checkpoints_read_temperature_one() -> None:
 
 
 def test_predict_and_onnx_apply_the_stored_temperature(tmp_path: Path, galaxy_sample_dir: Path) -> None:
-    from astrocli.export import export_checkpoint
+    from astrocli.inference.export import export_checkpoint
 
     ckpt = make_checkpoint(tmp_path / "best.safetensors", "resnet20", 32, galaxy_sample_dir, temperature=2.5)
     files = collect_inputs([str(galaxy_sample_dir / "0-disturbed")]).files[:3]

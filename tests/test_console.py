@@ -1,5 +1,6 @@
-"""The console and start-up (issue 16, items 8-12): torch-free start-up, the training console,
-unwrapped piped output and one `--format` everywhere, `astro bench` memory and runs, skipped images.
+"""The console and start-up: torch-free start-up, the training console, piped output that is never
+wrapped (the listing commands' `--format`), skipped images in one line. The output formats of
+`astro predict`, `eval` and `bench --runs` are tested with their commands (test_predict.py, ...).
 
 Training runs here are tiny (resnet20 at 8 px, a few steps) on real images (the Galaxy10 sample,
 the scikit-learn digits).
@@ -19,15 +20,13 @@ import warnings
 from pathlib import Path
 
 import pytest
-import yaml
-from helpers import make_checkpoint, one_thread, run_astro, tiny_digits_overrides  # noqa: F401 (autouse fixture)
+from helpers import one_thread, run_astro, tiny_digits_overrides  # noqa: F401 (autouse fixture)
 from rich.console import Console
 
-from astrocli import bench
 from astrocli.engine import TrainingInterrupted, train
 from astrocli.engine.console import TrainConsole
-from astrocli.engine.state import RESUME_FILE, Progress, load_resume_state
-from astrocli.models import create_model
+from astrocli.engine.run_dir import RESUME_FILE
+from astrocli.engine.state import Progress, load_resume_state
 from astrocli.notices import SkipLog, SkippedImagesWarning, install_warning_printer, skipped_images_line
 from astrocli.recipe import load_recipe
 
@@ -37,7 +36,7 @@ ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
 # ---------------------------------------------------------------------------------------------
-# 8. Start-up without torch
+# Start-up without torch
 # ---------------------------------------------------------------------------------------------
 
 
@@ -81,7 +80,7 @@ def test_lazy_models_attribute_and_timm_registration() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# 9. The training console
+# The training console
 # ---------------------------------------------------------------------------------------------
 
 
@@ -201,7 +200,7 @@ def test_resume_banner_matches_stop_message_and_epoch_loss_is_whole(
 
 
 # ---------------------------------------------------------------------------------------------
-# 12 (and 9): skipped images in one line, progress while decoding and validating
+# Skipped images in one line, progress while decoding and validating
 # ---------------------------------------------------------------------------------------------
 
 
@@ -287,22 +286,8 @@ def test_cli_prints_astro_warnings_as_one_line(monkeypatch: pytest.MonkeyPatch) 
 
 
 # ---------------------------------------------------------------------------------------------
-# 10. Piped output is never wrapped; --format table|json|csv everywhere
+# Piped output is never wrapped; --format table|json|csv
 # ---------------------------------------------------------------------------------------------
-
-
-def run_astro_narrow(args: list, monkeypatch, capsys, columns: int = 40) -> tuple[int, str]:
-    """The `astro` entry point in-process with stdout captured (not a terminal) and a narrow COLUMNS."""
-    from astrocli.cli import main
-
-    monkeypatch.setenv("COLUMNS", str(columns))
-    monkeypatch.setattr(sys, "argv", ["astro", *map(str, args)])
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    return code, capsys.readouterr().out
 
 
 def test_piped_recipes_are_not_wrapped_at_narrow_columns() -> None:
@@ -350,82 +335,3 @@ def test_training_console_does_not_wrap_the_run_dir_when_piped(monkeypatch, caps
     long_dir = "/tmp/" + "a-rather-long-folder-name/" * 4 + "run"
     TrainConsole("rich").start({"run dir": long_dir, "model": "resnet20 (0.27M params)"})
     assert long_dir in capsys.readouterr().out
-
-
-@pytest.fixture
-def galaxy_checkpoint(galaxy_sample_dir: Path, tmp_path: Path) -> Path:
-    """A fresh resnet20 checkpoint whose recipe trained without horizontal flips."""
-    path = tmp_path / ("deep-" * 12) / "best.safetensors"
-    path.parent.mkdir(parents=True)
-    make_checkpoint(path, "resnet20", 16, galaxy_sample_dir)
-    from astrocli.checkpoint import load_checkpoint, save_checkpoint
-
-    state, meta = load_checkpoint(path)
-    meta.recipe["augment"]["hflip"] = 0.0
-    save_checkpoint(path, state, meta)
-    return path
-
-
-def test_predict_formats_and_unwrapped_paths(
-    galaxy_checkpoint, galaxy_sample_dir, monkeypatch, capsys
-) -> None:
-    images = sorted(next(p for p in galaxy_sample_dir.iterdir() if p.is_dir()).glob("*.jpg"))[:2]
-    args = ["predict", *images, "--checkpoint", galaxy_checkpoint, "-k", "2", "--device", "cpu"]
-    code, out, _ = run_astro(args, monkeypatch, capsys)
-    assert code == 0
-    code, narrow = run_astro_narrow(args, monkeypatch, capsys)
-    assert code == 0 and str(galaxy_checkpoint) in narrow and all(str(p) in narrow for p in images)
-
-    code, out, err = run_astro([*args, "--format", "json"], monkeypatch, capsys)
-    assert code == 0 and [r["path"] for r in json.loads(out)] == [str(p) for p in images]
-    assert "model:" in err  # messages leave stdout to the data
-    code, out, _ = run_astro([*args, "--format", "csv"], monkeypatch, capsys)
-    rows = list(csv.DictReader(io.StringIO(out)))
-    assert code == 0 and [r["path"] for r in rows] == [str(p) for p in images] and "top2_label" in rows[0]
-
-
-def test_eval_formats_and_tta_flip_warning(galaxy_checkpoint, monkeypatch, capsys) -> None:
-    base = ["eval", galaxy_checkpoint, "--workers", "0", "--device", "cpu"]
-    code, out, err = run_astro([*base, "--format", "csv", "--tta"], monkeypatch, capsys)
-    assert code == 0, err
-    rows = list(csv.DictReader(io.StringIO(out)))
-    assert len(rows) == 12 and rows[-1]["label"] == "weighted avg"  # 10 classes + 2 averages
-    assert "augment.hflip=0" in err and "warning" in err
-    code, out, err = run_astro([*base, "--format", "json"], monkeypatch, capsys)
-    report = json.loads(out)
-    assert code == 0 and report["num_samples"] > 0 and "top1" in report and "hflip" not in err
-
-
-# ---------------------------------------------------------------------------------------------
-# 11. astro bench: runs from their own summary, grouped by data set
-# ---------------------------------------------------------------------------------------------
-
-
-def write_run(
-    root: Path, name: str, model: str, source: str, top1: float, params: int, in_chans: int
-) -> None:
-    run = root / name
-    run.mkdir(parents=True)
-    recipe = {"model": {"name": model}, "data": {"img_size": 32, "source": source, "in_chans": in_chans}}
-    (run / "recipe.yaml").write_text(yaml.safe_dump(recipe))
-    summary = {"model": model, "best_top1": top1, "params": params, "data_source": source, "num_classes": 10}
-    (run / "summary.json").write_text(json.dumps(summary))
-
-
-def test_bench_runs_use_summary_params_and_keep_datasets_apart(tmp_path: Path, monkeypatch, capsys) -> None:
-    runs = tmp_path / "runs-with-a-long-directory-name-that-a-narrow-terminal-would-fold"
-    write_run(runs, "digits-cct2", "cct_2_3x2_32", "digits", 95.0, 282_571, in_chans=1)
-    write_run(runs, "digits-cct4", "cct_4_3x2_32", "digits", 97.0, 480_000, in_chans=1)
-    write_run(runs, "cifar-cct2", "cct_2_3x2_32", "cifar10", 70.0, 283_723, in_chans=3)
-    results = {Path(r.run).name: r for r in bench.read_runs(runs)}
-    assert results["digits-cct2"].params == 282_571 and results["cifar-cct2"].params == 283_723
-    one_channel = create_model("cct_2_3x2_32", 10, 32, in_chans=1, device="meta")
-    assert results["digits-cct2"].macs == bench.count_macs(one_channel, 32, in_chans=1)
-    curves = bench.scaling_curves(list(results.values()), "params")
-    assert curves == {  # third element: half the 95% interval, 0 for single runs (cv parents have one)
-        "cct (cifar10)": [(283_723, 70.0, 0.0)],
-        "cct (digits)": [(282_571, 95.0, 0.0), (480_000, 97.0, 0.0)],
-    }
-
-    code, out = run_astro_narrow(["bench", "--runs", runs], monkeypatch, capsys)
-    assert code == 0 and str(runs / "digits-cct2") in out and "digits" in out and "cifar10" in out

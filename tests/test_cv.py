@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 from helpers import one_thread, run_astro  # noqa: F401 (autouse fixture)
 
-from astrocli import cv
-from astrocli.compare import compare_paths
 from astrocli.data.digits import load_digit_images
 from astrocli.data.sources import kfold_split
 from astrocli.engine import TrainingInterrupted
 from astrocli.errors import AstroError, DataError
+from astrocli.experiments import cv
+from astrocli.experiments.compare import compare_paths
 from astrocli.recipe import load_recipe
 from astrocli.stats import paired_difference, parse_target_percent, t_interval, where_in_interval
 
@@ -234,7 +234,7 @@ def test_aggregate_without_finished_runs_is_one_line(
 
 
 def test_bench_runs_shows_cv_means_with_error_bars(two_cvs: tuple[Path, Path, dict], tmp_path: Path) -> None:
-    from astrocli.bench import plot_scaling, read_runs
+    from astrocli.experiments.runs import plot_scaling, read_runs
 
     straight, _, _ = two_cvs
     runs = read_runs(straight.parent)  # one cv parent, its two fold runs folded into it
@@ -249,7 +249,7 @@ def test_bench_runs_shows_cv_means_with_error_bars(two_cvs: tuple[Path, Path, di
 def test_each_fold_keeps_the_keys_the_user_set_so_auto_fills_the_rest() -> None:
     """A fold's recipe is a copy that remembers which keys the user set: with ``augment.preset: auto``
     a short recipe gets batch size, crop and lr from each fold's data, as ``astro train`` would."""
-    from astrocli.defaults import DataFacts, resolve_defaults
+    from astrocli.data.defaults import DataFacts, resolve_defaults
     from astrocli.recipe import given_keys
 
     base = load_recipe(None, ["model.name=cct_2_3x2_32", "data.source=digits", "train.epochs=3"])

@@ -1,9 +1,9 @@
-"""Defaults chosen from the data, epochs that count the whole run, class weights and the balanced
-sampler, the Astroformer recipes at 224 px, and one-line errors for the new keys."""
+"""Defaults chosen from the data (``augment.preset: auto``), epochs that count the whole run, the
+Astroformer recipes at 224 px, and one-line errors for the new keys. Class weights and the balanced
+sampler: test_balance.py."""
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +11,7 @@ import pytest
 import torch
 from helpers import run_astro
 
-from astrocli.data.balance import BalancedSampler, balanced_indices, class_weights, sample_weights
-from astrocli.defaults import (
+from astrocli.data.defaults import (
     DataFacts,
     attention_warning,
     data_facts,
@@ -20,7 +19,7 @@ from astrocli.defaults import (
     is_grayscale,
     resolve_defaults,
 )
-from astrocli.engine.build import build_scheduler, build_train_loss
+from astrocli.engine.build import build_scheduler
 from astrocli.errors import RecipeError
 from astrocli.recipe import Recipe, given_keys, load_recipe
 
@@ -135,59 +134,6 @@ def test_scheduler_counts_warmup_and_cooldown_inside_epochs() -> None:
     assert lrs[-1] == pytest.approx(recipe.train.min_lr)  # ... and the cooldown ended it
     fit = fit_warmup_cooldown(5, 10, 10, 4)
     assert fit.warmup_updates + fit.cooldown_updates == 10 and fit.total_updates == 20
-
-
-# -- class imbalance ------------------------------------------------------------------------------
-
-TARGETS = [0] * 900 + [1] * 90 + [2] * 10
-
-
-def test_balanced_sampler_draws_classes_equally_and_reproducibly() -> None:
-    sampler = BalancedSampler(TARGETS, seed=3)
-    sampler.set_epoch(2)
-    drawn = list(sampler)
-    assert len(drawn) == len(TARGETS) and drawn == list(sampler)  # an epoch is reproducible (resume)
-    freq = Counter(TARGETS[i] for i in drawn)
-    assert all(abs(freq[c] / len(drawn) - 1 / 3) < 0.05 for c in range(3))
-    sampler.set_epoch(3)
-    assert list(sampler) != drawn
-    ranks = [BalancedSampler(TARGETS, num_replicas=2, rank=r, seed=3) for r in range(2)]
-    for r in ranks:
-        r.set_epoch(2)
-    full = balanced_indices(sample_weights(TARGETS), 1000, 3, 2).tolist()
-    assert sorted(list(ranks[0]) + list(ranks[1])) == sorted(full)
-
-
-def test_tensor_pipeline_draws_the_loader_s_balanced_order() -> None:
-    from astrocli.data.tensor_pipeline import TensorCache, TensorTrainBatches
-
-    images = torch.randint(0, 255, (len(TARGETS), 3, 8, 8), dtype=torch.uint8)
-    cache = TensorCache(images, torch.tensor(TARGETS))
-    recipe = load_recipe(
-        None, ["data.sampler=balanced", "train.batch_size=10", "train.seed=3", "data.img_size=8"]
-    )
-    batches = TensorTrainBatches(cache, recipe, "cpu", mean=(0.5,) * 3, std=(0.5,) * 3, num_classes=3)
-    batches.set_epoch(2)
-    order = batches.epoch_indices().tolist()
-    loader_sampler = BalancedSampler(TARGETS, seed=3)
-    loader_sampler.set_epoch(2)
-    assert order == list(loader_sampler)[: len(order)]
-    labels = Counter(label.item() for _, targets in batches for label in targets)
-    assert min(labels.values()) > 250  # ~333 each, not 900 / 90 / 10
-
-
-def test_class_weights_follow_scikit_learn_and_weight_soft_targets() -> None:
-    from sklearn.utils.class_weight import compute_class_weight
-
-    weights = class_weights(TARGETS, 4)  # class 3 absent: weight 0
-    expected = compute_class_weight("balanced", classes=np.arange(3), y=np.array(TARGETS))
-    assert weights[:3].numpy() == pytest.approx(expected) and weights[3] == 0
-    recipe = load_recipe(None, ["train.class_weights=balanced"])
-    logits = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
-    soft = torch.softmax(torch.randn(6, 4, generator=torch.Generator().manual_seed(1)), dim=1)
-    loss = build_train_loss(recipe, mixup_on=True, class_weight=weights)(logits, soft)
-    manual = -(soft * weights * torch.log_softmax(logits, dim=1)).sum(dim=1).mean()
-    assert loss.item() == pytest.approx(manual.item(), rel=1e-5)
 
 
 # -- Astroformer at the papers' size --------------------------------------------------------------

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import class_dirs, run_astro
+from helpers import checkpoint_without_hflip, class_dirs, run_astro
 from torchvision.datasets import ImageFolder
 
 from astrocli.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
@@ -158,7 +160,7 @@ def test_class_count_mismatch_is_one_line(cifar10_small, tmp_path, monkeypatch, 
 
 
 def test_onnx_model_evaluates_like_the_checkpoint(checkpoint, tmp_path, monkeypatch, capsys):
-    from astrocli.export import export_checkpoint
+    from astrocli.inference.export import export_checkpoint
 
     onnx_path = export_checkpoint(checkpoint, "onnx", output=tmp_path / "m.onnx", exporter="torchscript").path
     reports = {}
@@ -183,3 +185,20 @@ def test_bad_checkpoint_one_line_exit_2(damage, checkpoint, tmp_path, monkeypatc
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and "not a readable safetensors file" in lines[0]
     assert "Traceback" not in stdout + stderr
+
+
+@pytest.fixture
+def galaxy_checkpoint(galaxy_sample_dir: Path, tmp_path: Path) -> Path:
+    return checkpoint_without_hflip(tmp_path, galaxy_sample_dir)
+
+
+def test_eval_formats_and_tta_flip_warning(galaxy_checkpoint, monkeypatch, capsys) -> None:
+    base = ["eval", galaxy_checkpoint, "--workers", "0", "--device", "cpu"]
+    code, out, err = run_astro([*base, "--format", "csv", "--tta"], monkeypatch, capsys)
+    assert code == 0, err
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert len(rows) == 12 and rows[-1]["label"] == "weighted avg"  # 10 classes + 2 averages
+    assert "augment.hflip=0" in err and "warning" in err
+    code, out, err = run_astro([*base, "--format", "json"], monkeypatch, capsys)
+    report = json.loads(out)
+    assert code == 0 and report["num_samples"] > 0 and "top1" in report and "hflip" not in err

@@ -14,7 +14,7 @@ from helpers import class_dirs, make_checkpoint, run_astro
 from safetensors.torch import load_file
 
 from astrocli.checkpoint import save_checkpoint
-from astrocli.export import ATOL, RTOL, export_checkpoint
+from astrocli.inference.export import ATOL, RTOL, export_checkpoint
 from astrocli.models import create_model
 
 GALAXY_CLASSES = 10
@@ -125,7 +125,7 @@ def test_safetensors_export_timm_layout(tmp_path, galaxy_sample_dir, monkeypatch
 
 def test_failed_check_is_an_error_and_writes_nothing(tmp_path, galaxy_sample_dir, monkeypatch, capsys):
     """An exported graph that does not match PyTorch (here: another model's weights) must fail."""
-    import astrocli.export as export_module
+    import astrocli.inference.export as export_module
 
     ckpt = make_checkpoint(tmp_path / "best.safetensors", "cct_2_3x2_32", 32, galaxy_sample_dir)
     real_onnx_bytes = export_module.onnx_bytes

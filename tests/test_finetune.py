@@ -27,7 +27,7 @@ from timm.layers import resample_abs_pos_embed
 from astrocli.engine import TrainingInterrupted, train
 from astrocli.engine.build import build_model, build_optimizer, build_scheduler
 from astrocli.errors import AstroError
-from astrocli.pretrained import PretrainedError, load_pretrained
+from astrocli.models.pretrained import PretrainedError, load_pretrained
 from astrocli.recipe import load_recipe
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -403,7 +403,7 @@ def test_torch_files_load_only_through_weights_only(resnet_file: Path, tmp_path:
 
 
 def test_shipped_finetune_recipe_takes_the_pretrained_statistics() -> None:
-    from astrocli.pretrained import apply_pretrained_stats
+    from astrocli.models.pretrained import apply_pretrained_stats
 
     recipe = load_recipe("galaxy10_finetune")
     assert recipe.model.pretrained == "timm" and recipe.data.img_size == 256

@@ -21,7 +21,7 @@ import pytest
 from helpers import SHORT_QUICKSTART, as_overrides, one_thread, run_astro  # noqa: F401 (autouse fixture)
 
 from astrocli.engine import train
-from astrocli.engine.loggers import LoggerGroup, build_loggers, flatten, parent_run
+from astrocli.engine.loggers import LoggerGroup, WandbLogger, build_loggers, flatten, parent_run
 from astrocli.errors import AstroError
 from astrocli.recipe import load_recipe
 
@@ -183,6 +183,26 @@ def test_default_loggers_are_csv_only_and_group_closes_on_failure(tmp_path: Path
     with pytest.raises(RuntimeError, match="boom"), group.session(recipe, tmp_path):
         group.log_epoch(1, {"val_top1": 1.0})
     assert calls == [("start", ""), ("finish", "failed")]
+
+
+def test_a_logger_that_failed_stays_off_for_the_rest_of_the_run() -> None:
+    # A flaky backend: every call raises. The first error warns and turns the logger off; the later
+    # calls must neither reach the backend again nor end training (the second error used to).
+    calls: list[str] = []
+
+    class FlakyRun:
+        def log(self, values: dict) -> None:
+            calls.append("log")
+            raise OSError("connection reset")
+
+    warnings: list[str] = []
+    logger = WandbLogger(warn=warnings.append)
+    logger.run = FlakyRun()
+    logger.log_step(10, {"loss": 1.0})
+    logger.log_step(20, {"loss": 0.9})
+    logger.log_epoch(1, {"val_top1": 50.0})
+    assert calls == ["log"]
+    assert warnings == ["wandb logging stopped (step: OSError: connection reset); training goes on"]
 
 
 def test_local_mlflow_store_is_under_output_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

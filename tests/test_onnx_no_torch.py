@@ -22,10 +22,10 @@ from PIL import Image
 
 from astrocli.checkpoint import CheckpointMeta, save_checkpoint
 from astrocli.data import build_eval_transform
-from astrocli.imaging import EvalPreprocess
-from astrocli.inference import load_runner
+from astrocli.images.pil import EvalPreprocess
+from astrocli.inference.predict import predict_files
+from astrocli.inference.runner import load_runner
 from astrocli.models import create_model
-from astrocli.predict import predict_files
 
 MODEL = "cct_2_3x2_32"
 REPO = Path(__file__).resolve().parents[1]
@@ -107,7 +107,7 @@ def checkpoint(galaxy_sample_dir: Path, tmp_path_factory: pytest.TempPathFactory
 
 @pytest.fixture(scope="module")
 def onnx_model(checkpoint: Path) -> Path:
-    from astrocli.export import export_checkpoint
+    from astrocli.inference.export import export_checkpoint
 
     return export_checkpoint(
         checkpoint, "onnx", output=checkpoint.with_suffix(".onnx"), exporter="torchscript"

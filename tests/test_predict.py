@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import shutil
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import class_dirs, make_checkpoint, run_astro
+from helpers import checkpoint_without_hflip, class_dirs, make_checkpoint, run_astro, run_astro_narrow
 from PIL import Image
 
 from astrocli.checkpoint import load_checkpoint, save_checkpoint
@@ -150,7 +151,7 @@ def test_no_run_and_no_checkpoint_is_one_line(images, tmp_path, monkeypatch, cap
 
 
 def test_onnx_model_predicts_like_the_checkpoint(checkpoint, images, tmp_path, monkeypatch, capsys):
-    from astrocli.export import export_checkpoint
+    from astrocli.inference.export import export_checkpoint
 
     onnx_path = export_checkpoint(checkpoint, "onnx", output=tmp_path / "m.onnx", exporter="torchscript").path
     outs = {}
@@ -200,3 +201,26 @@ def test_bad_checkpoint_one_line_exit_2(damage, checkpoint, images, tmp_path, mo
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and expected in lines[0], stderr
     assert "Traceback" not in stdout + stderr
+
+
+@pytest.fixture
+def galaxy_checkpoint(galaxy_sample_dir: Path, tmp_path: Path) -> Path:
+    return checkpoint_without_hflip(tmp_path, galaxy_sample_dir)
+
+
+def test_predict_formats_and_unwrapped_paths(
+    galaxy_checkpoint, galaxy_sample_dir, monkeypatch, capsys
+) -> None:
+    images = sorted(next(p for p in galaxy_sample_dir.iterdir() if p.is_dir()).glob("*.jpg"))[:2]
+    args = ["predict", *images, "--checkpoint", galaxy_checkpoint, "-k", "2", "--device", "cpu"]
+    code, out, _ = run_astro(args, monkeypatch, capsys)
+    assert code == 0
+    code, narrow = run_astro_narrow(args, monkeypatch, capsys)
+    assert code == 0 and str(galaxy_checkpoint) in narrow and all(str(p) in narrow for p in images)
+
+    code, out, err = run_astro([*args, "--format", "json"], monkeypatch, capsys)
+    assert code == 0 and [r["path"] for r in json.loads(out)] == [str(p) for p in images]
+    assert "model:" in err  # messages leave stdout to the data
+    code, out, _ = run_astro([*args, "--format", "csv"], monkeypatch, capsys)
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert code == 0 and [r["path"] for r in rows] == [str(p) for p in images] and "top2_label" in rows[0]

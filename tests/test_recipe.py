@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import typing
 from pathlib import Path
 
 import pytest
+import timm
 
 from astrocli.errors import RecipeError
 from astrocli.recipe import PACKAGED_RECIPES, load_recipe, recipe_from_dict
@@ -39,6 +41,16 @@ def test_unknown_key_names_path_and_suggests(tmp_path: Path) -> None:
     assert "'train.epoch'" in str(err.value) and "train.epochs" in str(err.value)
     with pytest.raises(RecipeError, match="did you mean train"):
         load_recipe(None, ["trian.epochs=3"])
+
+
+def test_source_names_in_the_recipe_are_the_registered_sources() -> None:
+    # The recipe names the sources in its type (so its own coercion refuses a misspelt one without
+    # importing astrocli.data); the registry in data/sources.py must name the same ones, in order.
+    from astrocli.data.sources import SOURCES
+    from astrocli.recipe import DataConfig
+
+    hint = typing.get_type_hints(DataConfig)["source"]
+    assert typing.get_args(hint) == tuple(SOURCES)
 
 
 def test_wrong_type_names_key_and_expected_type(tmp_path: Path) -> None:
@@ -94,7 +106,11 @@ def test_shipped_recipe_loads_and_names_a_zoo_model(path: Path) -> None:
     from astrocli.models import get_model_info, list_models
 
     recipe = load_recipe(path)
-    assert recipe.model.name in list_models() or recipe.model.name.startswith("timm/")  # any timm model
+    name = recipe.model.name
+    if name.startswith("timm/"):  # a timm model: timm must know the architecture (no download here)
+        assert timm.is_model(name.removeprefix("timm/").split(".")[0]), name
+    else:
+        assert name in list_models()
     assert recipe.data.source in SOURCES
     assert recipe.description and recipe.target
     assert path.read_text().startswith("#"), "each recipe opens with a comment naming its paper result"

@@ -23,15 +23,15 @@ from PIL import Image
 
 from astrocli.checkpoint import CheckpointMeta, load_checkpoint
 from astrocli.data import build_datasets
-from astrocli.engine.trainer import train
+from astrocli.engine.launch import train
 from astrocli.errors import DataError, RecipeError
-from astrocli.evaluate import evaluate
-from astrocli.export import export_checkpoint
-from astrocli.inference import load_runner
-from astrocli.predict import predict_files
+from astrocli.images.arrays import ArrayReader
+from astrocli.images.scaling import check_scaling, scale_image
+from astrocli.inference.evaluate import evaluate
+from astrocli.inference.export import export_checkpoint
+from astrocli.inference.predict import predict_files
+from astrocli.inference.runner import load_runner
 from astrocli.recipe import load_recipe, recipe_from_dict
-from astrocli.scaling import check_scaling, scale_image
-from astrocli.science import ArrayReader
 
 CLASSES = 4  # four Galaxy10 classes, ten galaxies each: enough to train a few steps on
 
@@ -394,8 +394,8 @@ def test_onnx_predict_of_fits_needs_no_torch(tmp_path, galaxies):
     code = (
         "import sys\n"
         "for name in ('torch', 'torchvision', 'timm'): sys.modules[name] = None  # as if not installed\n"
-        "from astrocli.science import ArrayReader, FloatEvalPreprocess\n"
-        "from astrocli.inference import Runner\n"
+        "from astrocli.images.arrays import ArrayReader, FloatEvalPreprocess\n"
+        "from astrocli.inference.runner import Runner\n"
         "r = ArrayReader(in_chans=3, scaling='asinh'); x = r.read(sys.argv[1])\n"
         "print(FloatEvalPreprocess(32, 1.0, 'bicubic', [0.1] * 3, [0.2] * 3)(x).shape)\n"
     )

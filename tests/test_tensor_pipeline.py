@@ -21,6 +21,7 @@ from timm.data.random_erasing import RandomErasing
 from timm.data.transforms import RandomResizedCropAndInterpolation
 
 from astrocli.data import rand_augment
+from astrocli.data import tensor_cache as tc
 from astrocli.data import tensor_pipeline as tp
 from astrocli.data.base import ArrayImageDataset, ImageFileDataset, NumpyStore
 from astrocli.data.batches import BatchSource
@@ -50,12 +51,12 @@ def cifar_train(cifar10_small: Path) -> ImageFileDataset:
 
 
 @pytest.fixture(scope="module")
-def cifar_cache(cifar_train, tmp_path_factory) -> tp.TensorCache:
+def cifar_cache(cifar_train, tmp_path_factory) -> tc.TensorCache:
     cfg = load_recipe(None, [f"data.cache_dir={tmp_path_factory.mktemp('c')}"]).data
-    return tp.build_tensor_cache(cifar_train, cfg, "train")
+    return tc.build_tensor_cache(cifar_train, cfg, "train")
 
 
-def pil_images(cache: tp.TensorCache) -> list[Image.Image]:
+def pil_images(cache: tc.TensorCache) -> list[Image.Image]:
     return [Image.fromarray(img.permute(1, 2, 0).numpy()) for img in cache.images]
 
 
@@ -66,7 +67,7 @@ def pil_images(cache: tp.TensorCache) -> list[Image.Image]:
 
 def test_cache_decodes_once_and_reloads_by_content(cifar_train, tmp_path, monkeypatch):
     cfg = recipe_for(tmp_path).data
-    cache = tp.build_tensor_cache(cifar_train, cfg, "train")
+    cache = tc.build_tensor_cache(cifar_train, cfg, "train")
     assert cache.images.shape == (200, 3, 32, 32) and cache.images.dtype == torch.uint8
     assert cache.labels.tolist() == cifar_train.targets
     first, _ = cifar_train[7]
@@ -76,8 +77,8 @@ def test_cache_decodes_once_and_reloads_by_content(cifar_train, tmp_path, monkey
     def no_decoding(*_args):
         raise AssertionError("the second run must load the cache, not decode")
 
-    monkeypatch.setattr(tp, "_decode_all", no_decoding)
-    again = tp.build_tensor_cache(cifar_train, cfg, "train")
+    monkeypatch.setattr(tc, "_decode_all", no_decoding)
+    again = tc.build_tensor_cache(cifar_train, cfg, "train")
     assert again.key == cache.key and torch.equal(again.images, cache.images)
     monkeypatch.undo()
 
@@ -88,7 +89,7 @@ def test_cache_decodes_once_and_reloads_by_content(cifar_train, tmp_path, monkey
         import os
 
         os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
-        assert tp.cache_path(cifar_train, cfg, "train")[0] != cache.key
+        assert tc.cache_path(cifar_train, cfg, "train")[0] != cache.key
     finally:
         os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
@@ -99,13 +100,13 @@ def test_cache_of_mixed_sizes_is_resized_and_arrays_are_taken_as_is(galaxy_sampl
     Image.open(files[0]).resize((120, 90)).save(odd)
     dataset = ImageFileDataset([(str(files[1]), 0), (str(odd), 1), (str(files[2]), 2)])
     cfg = recipe_for(tmp_path, "data.img_size=64", "data.crop_pct=0.875").data
-    cache = tp.build_tensor_cache(dataset, cfg, "train")
-    side = tp.stored_size(64, 0.875)
+    cache = tc.build_tensor_cache(dataset, cfg, "train")
+    side = tc.stored_size(64, 0.875)
     assert cache.images.shape == (3, 3, side, side) and side == 73
 
     array = np.stack([np.asarray(Image.open(f)) for f in files])
     arrays = ArrayImageDataset(NumpyStore(array), [2, 0], [5, 6])
-    from_array = tp.build_tensor_cache(arrays, cfg, "train")
+    from_array = tc.build_tensor_cache(arrays, cfg, "train")
     assert from_array.path is None
     assert torch.equal(from_array.images, torch.from_numpy(array[[2, 0]]).permute(0, 3, 1, 2))
     assert from_array.labels.tolist() == [5, 6]
@@ -113,10 +114,10 @@ def test_cache_of_mixed_sizes_is_resized_and_arrays_are_taken_as_is(galaxy_sampl
 
 def test_fits_in_memory_compares_with_free_memory(cifar_train, tmp_path, monkeypatch):
     recipe = recipe_for(tmp_path)
-    assert tp.estimated_cache_bytes(cifar_train, recipe.data) == 200 * 3 * 32 * 32
-    assert tp.fits_in_memory(cifar_train, recipe, "cpu")
-    monkeypatch.setattr(tp, "free_memory_bytes", lambda device: 2 * 200 * 3 * 32 * 32 - 1)
-    assert not tp.fits_in_memory(cifar_train, recipe, "cpu")
+    assert tc.estimated_cache_bytes(cifar_train, recipe.data) == 200 * 3 * 32 * 32
+    assert tc.fits_in_memory(cifar_train, recipe, "cpu")
+    monkeypatch.setattr(tc, "free_memory_bytes", lambda device: 2 * 200 * 3 * 32 * 32 - 1)
+    assert not tc.fits_in_memory(cifar_train, recipe, "cpu")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -164,7 +165,7 @@ def test_flip_rates(tmp_path):
     images = torch.zeros(n, 3, 8, 8, dtype=torch.uint8)
     images[:, 0, :, 4:] = 255  # channel 0: dark left half
     images[:, 1, 4:, :] = 255  # channel 1: dark top half
-    cache = tp.TensorCache(images, torch.zeros(n, dtype=torch.int64))
+    cache = tc.TensorCache(images, torch.zeros(n, dtype=torch.int64))
     recipe = recipe_for(
         tmp_path,
         "data.img_size=8",
@@ -325,7 +326,7 @@ def test_eval_resize_centre_crop_matches_timm(galaxy_sample_dir, tmp_path):
     files = sorted(galaxy_sample_dir.glob("*/*.jpg"))[:8]
     dataset = ImageFileDataset([(str(f), i) for i, f in enumerate(files)])
     recipe = recipe_for(tmp_path, "data.img_size=64", "data.crop_pct=0.875", "train.batch_size=8")
-    cache = tp.build_tensor_cache(dataset, recipe.data, "val")
+    cache = tc.build_tensor_cache(dataset, recipe.data, "val")
     ((ours, _),) = list(tp.TensorEvalBatches(cache, recipe, "cpu", mean=CIFAR_MEAN, std=CIFAR_STD))
     timm_eval = create_transform(
         64, is_training=False, crop_pct=0.875, interpolation="bicubic", mean=CIFAR_MEAN, std=CIFAR_STD
@@ -396,10 +397,10 @@ def test_augmented_batches_match_timm_create_transform_in_distribution(cifar_cac
 # ------------------------------------------------------------------------------------------------
 
 
-def _tiny_cache(n: int = 64) -> tp.TensorCache:
+def _tiny_cache(n: int = 64) -> tc.TensorCache:
     gen = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (n, 3, 8, 8), generator=gen, dtype=torch.uint8)
-    return tp.TensorCache(images, torch.arange(n) % 4)
+    return tc.TensorCache(images, torch.arange(n) % 4)
 
 
 @pytest.fixture

@@ -20,7 +20,8 @@ from helpers import one_thread, tiny_digits_overrides  # noqa: F401 (autouse fix
 
 from astrocli.checkpoint import load_checkpoint, read_tensors
 from astrocli.engine import NonFiniteLoss, TrainingInterrupted, train
-from astrocli.engine.state import RESUME_FILE, Progress, load_resume_state, save_resume_state
+from astrocli.engine.run_dir import RESUME_FILE
+from astrocli.engine.state import Progress, load_resume_state, save_resume_state
 from astrocli.errors import AstroError
 from astrocli.recipe import load_recipe
 

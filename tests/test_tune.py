@@ -15,8 +15,8 @@ import pytest
 from helpers import SHORT_QUICKSTART, as_overrides, one_thread, run_astro  # noqa: F401 (autouse fixture)
 
 from astrocli.errors import AstroError
+from astrocli.experiments.tune import parse_space, run_tune
 from astrocli.recipe import load_recipe
-from astrocli.tune import parse_space, run_tune
 
 optuna = pytest.importorskip("optuna")  # the [tune] extra
 
@@ -237,9 +237,9 @@ def test_an_interrupted_trial_is_marked_failed_and_the_study_continues(
 
 
 def test_a_trial_keeps_the_keys_the_user_set_so_auto_fills_the_rest() -> None:
-    from astrocli.defaults import DataFacts, resolve_defaults
+    from astrocli.data.defaults import DataFacts, resolve_defaults
+    from astrocli.experiments.tune import recipe_for_trial
     from astrocli.recipe import given_keys
-    from astrocli.tune import recipe_for_trial
 
     base = load_recipe(None, ["model.name=cct_2_3x2_32", "data.source=digits", "train.epochs=3"])
     trial = recipe_for_trial(base, {"train.lr": 3e-3})

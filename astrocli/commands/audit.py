@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from astrocli.commands.options import Overrides, RecipeOption
+from astrocli.output import make_console
 
 SHOWN = 5  # rows of each list printed on the console (audit.json and the report hold them all)
 
@@ -21,7 +22,7 @@ def audit_recipe(recipe: str | None, overrides: list[str], cv_dir: Path | None) 
     """The recipe to audit: ``--recipe``, else the one the cv in ``--cv`` ran (its plan)."""
     import json
 
-    from astrocli.errors import AstroError
+    from astrocli.errors import AstroError  # lazy: keeps start-up torch-free
     from astrocli.recipe import apply_override, load_recipe, recipe_from_dict
 
     if recipe is not None:
@@ -40,8 +41,6 @@ def audit_recipe(recipe: str | None, overrides: list[str], cv_dir: Path | None) 
 def print_summary(result: dict[str, Any], out_dir: Path) -> None:
     """A few lines per finding; names from the data are escaped (they are text, never markup)."""
     from rich.markup import escape
-
-    from astrocli.output import make_console
 
     console = make_console(highlight=False)
     files, classes, dups = result["files"], result["classes"], result["duplicates"]
@@ -90,8 +89,6 @@ def run_with_count(run_audit: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
     """``run_audit`` with a count of decoded images on a terminal (logs and pipes get nothing, so a
     failed audit stays one line)."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-    from astrocli.output import make_console
 
     err = make_console(stderr=True)
     columns = (
@@ -142,7 +139,7 @@ def audit_command(
     ] = "auto",
 ) -> None:
     """Find unreadable files, duplicates and leaks across splits, and mislabelled images."""
-    from astrocli.errors import AstroError
+    from astrocli.errors import AstroError  # lazy: keeps start-up torch-free
     from astrocli.experiments.audit import run_audit
 
     if label_method not in ("auto", "builtin", "cleanlab"):

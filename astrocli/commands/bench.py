@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from astrocli.devices import resolve_device
 from astrocli.errors import AstroError
-from astrocli.output import OutputFormat
+from astrocli.output import OutputFormat, make_console, render_text
 
 if TYPE_CHECKING:
     import torch
@@ -61,7 +62,6 @@ def _render_table(rows: list[dict[str, Any]], columns: tuple, title: str) -> str
         table.add_column(header, justify="left" if text else "right", no_wrap=key in ("model", "run"))
     for row in rows:
         table.add_row(*("-" if row.get(key) is None else fmt(row[key]) for key, _, fmt in shown))
-    from astrocli.output import render_text
 
     return render_text(table)  # stdout's width, or unwrapped when piped (no run path cut in two)
 
@@ -80,7 +80,7 @@ def _render(rows: list[dict[str, Any]], fmt: OutputFormat, columns: tuple, title
 
 def _emit(text: str, output: Path | None) -> None:
     """Print ``text``, and write it atomically to ``output`` when given."""
-    from astrocli.checkpoint import atomic_write_text
+    from astrocli.files import atomic_write_text  # lazy: keeps start-up torch-free
 
     typer.echo(text, nl=False)
     if output is not None:
@@ -88,8 +88,7 @@ def _emit(text: str, output: Path | None) -> None:
 
 
 def _bench_runs(runs_dir: Path, plot: Path | None, fmt: OutputFormat, output: Path | None) -> None:
-    from astrocli.bench import plot_scaling, read_runs
-    from astrocli.output import make_console
+    from astrocli.experiments.runs import plot_scaling, read_runs  # lazy: keeps start-up torch-free
 
     runs = read_runs(runs_dir)
     if not runs:
@@ -103,8 +102,8 @@ def _bench_runs(runs_dir: Path, plot: Path | None, fmt: OutputFormat, output: Pa
 
 def _model_names(models: list[str] | None, all_models: bool) -> list[str]:
     """The named models, then (``--all``) the rest of the zoo; each checked against the zoo."""
-    from astrocli.bench import check_model_name
-    from astrocli.models import list_models
+    from astrocli.models import list_models  # lazy: keeps start-up torch-free
+    from astrocli.models.cost import check_model_name
 
     names = list(models or [])
     if all_models:
@@ -117,9 +116,8 @@ def _model_names(models: list[str] | None, all_models: bool) -> list[str]:
 
 
 def _bench_models(names: list[str], **settings: Any) -> list[dict[str, Any]]:
-    """One row per model (:func:`astrocli.bench.bench_model` with ``settings``), a status line meanwhile."""
-    from astrocli.bench import bench_model
-    from astrocli.output import make_console
+    """One row per model (:func:`astrocli.models.cost.bench_model`), a status line meanwhile."""
+    from astrocli.models.cost import bench_model  # lazy: keeps start-up torch-free
 
     status = make_console(stderr=True)
     rows = []
@@ -189,7 +187,6 @@ def bench_command(
             raise AstroError("--runs reports finished runs; do not name models or --all with it")
         _bench_runs(runs, plot, fmt, output)
         return
-    from astrocli.devices import resolve_device
 
     names = _model_names(models, all_models)
     if not (params or flops or throughput):

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from astrocli.commands.cv import METRIC_LABELS
+from astrocli.output import make_console
 
 
 def _label(key: str) -> str:
@@ -75,9 +76,8 @@ def compare_command(
     ] = None,
 ) -> None:
     """Compare two runs, two cv folders (paired differences with a 95% CI), or a cv with its target."""
-    from astrocli.checkpoint import atomic_write_text
-    from astrocli.compare import compare_paths, dumps
-    from astrocli.output import make_console
+    from astrocli.experiments.compare import compare_paths, dumps  # lazy: keeps start-up torch-free
+    from astrocli.files import atomic_write_text
 
     report = compare_paths(a, b)
     console = make_console(highlight=False)

@@ -12,6 +12,8 @@ from typing import Annotated, Any
 import typer
 
 from astrocli.commands.options import Overrides, RecipeOption
+from astrocli.commands.report import write_end_report
+from astrocli.output import make_console
 
 METRIC_LABELS = {
     "top1": "top-1 %",
@@ -49,8 +51,6 @@ def cv_table(report: dict[str, Any], title: str) -> Any:
 
 def print_report(report: dict[str, Any], parent: Path) -> None:
     """The cv table, what it was selected on, and where cv.json is."""
-    from astrocli.output import make_console
-
     console = make_console(highlight=False)
     runs = len(report["runs"])
     title = (
@@ -98,8 +98,8 @@ def cv_command(
     ] = False,
 ) -> None:
     """Cross-validate a recipe: stratified k-fold x seeds, mean ± 95% CI per metric."""
-    from astrocli import cv
-    from astrocli.errors import AstroError
+    from astrocli.errors import AstroError  # lazy: keeps start-up torch-free
+    from astrocli.experiments import cv
     from astrocli.recipe import load_recipe
 
     if aggregate is not None:
@@ -127,8 +127,6 @@ def cv_command(
 def _end_report(parent: Path) -> None:
     """report.html in the cv folder unless the cv's recipe says ``output.report: false``."""
     import json
-
-    from astrocli.commands.report import write_end_report
 
     recipe = json.loads((parent / "cv_plan.json").read_text())["recipe"]
     write_end_report(parent, bool(recipe.get("output", {}).get("report", True)))

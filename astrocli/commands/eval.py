@@ -11,7 +11,7 @@ import typer
 
 from astrocli.commands.options import DeviceOption
 from astrocli.errors import AstroError
-from astrocli.output import FORMAT_HELP, OutputFormat
+from astrocli.output import FORMAT_HELP, OutputFormat, make_console, rows_csv
 
 
 def _summary_table(report: dict[str, Any]) -> Any:
@@ -91,8 +91,6 @@ def _machine_output(report: dict[str, Any], fmt: OutputFormat) -> str:
     """``--format json``: the report as ``--json`` writes it; ``csv``: per-class rows, then the averages."""
     import json
 
-    from astrocli.output import rows_csv
-
     if fmt is OutputFormat.json:
         return json.dumps(report, indent=2) + "\n"
     columns = ("class_index", "label", "precision", "recall", "f1", "support")
@@ -163,9 +161,8 @@ def eval_command(
     ] = OutputFormat.table,
 ) -> None:
     """Evaluate a model on the split its recipe validated on (or the one the overrides name)."""
-    from astrocli.evaluate import evaluate
-    from astrocli.inference import load_runner
-    from astrocli.output import make_console
+    from astrocli.inference.evaluate import evaluate  # lazy: keeps start-up torch-free
+    from astrocli.inference.runner import load_runner
 
     # With --format json/csv stdout carries the data only; the messages go to stderr.
     console = make_console(stderr=fmt is not OutputFormat.table)
@@ -194,7 +191,7 @@ def eval_command(
 def _check_options(json_path: Path | None, plot: Path | None, batch_size: int, resamples: int | None) -> None:
     """Bad options fail before the model loads; the output files must be writable before the evaluation,
     not after it. ``resamples``: the bootstrap resamples of ``--ci``, None without it."""
-    from astrocli.checkpoint import check_writable
+    from astrocli.files import check_writable  # lazy: keeps start-up torch-free
 
     if plot is not None and plot.suffix.lower() != ".png":
         raise AstroError(f"--plot '{plot}' must end in .png")
@@ -222,8 +219,8 @@ class _HeldOut:
 def _held_out(console: Any, runner: Any, overrides: list[str], workers: int | None) -> _HeldOut:
     """The held-out split of the model's recipe (with ``overrides``), after checking its channels and
     labels against the model; says which data it is."""
-    from astrocli.data import build_datasets
-    from astrocli.evaluate import check_labels, eval_recipe
+    from astrocli.data import build_datasets  # lazy: keeps start-up torch-free
+    from astrocli.inference.evaluate import check_labels, eval_recipe
 
     recipe = eval_recipe(runner.meta, overrides)
     if recipe.data.in_chans != runner.meta.in_chans:
@@ -250,7 +247,10 @@ def _show(
     console: Any, report: dict[str, Any], fmt: OutputFormat, json_path: Path | None, plot: Path | None
 ) -> None:
     """The report as tables (or json/csv on stdout), then the files asked for."""
-    from astrocli.evaluate import plot_confusion_matrix, write_report_json
+    from astrocli.inference.evaluate import (  # lazy: keeps start-up torch-free
+        plot_confusion_matrix,
+        write_report_json,
+    )
 
     if fmt is OutputFormat.table:
         console.print(_summary_table(report))
@@ -264,7 +264,7 @@ def _show(
     if plot is not None:
         plot_confusion_matrix(report, plot)
         console.print(f"wrote {plot}", highlight=False)
-        from astrocli.calibration import plot_reliability, reliability_path
+        from astrocli.calibration import plot_reliability, reliability_path  # lazy: keeps start-up torch-free
 
         plot_reliability(report, reliability_path(plot))
         console.print(f"wrote {reliability_path(plot)}", highlight=False)
@@ -274,7 +274,7 @@ def _calibrate(
     console: Any, runner: Any, overrides: list[str], batch_size: int, workers: int, split: str
 ) -> None:
     """``--calibrate``: fit and store the temperature (astrocli/calibration.py), then say where."""
-    from astrocli.calibration import calibrate_checkpoint
+    from astrocli.inference.calibrate import calibrate_checkpoint  # lazy: keeps start-up torch-free
 
     fit = calibrate_checkpoint(runner, overrides, batch_size, workers)
     console.print(

@@ -48,9 +48,9 @@ def export_command(
     images: Annotated[list[str] | None, typer.Option("--images", help=IMAGES_HELP)] = None,
 ) -> None:
     """Export a checkpoint; ONNX and TorchScript are verified (rtol 1e-3, atol 1e-4) before writing."""
-    from rich.markup import escape
+    from rich.markup import escape  # lazy: keeps start-up torch-free
 
-    from astrocli.export import export_checkpoint
+    from astrocli.inference.export import export_checkpoint
     from astrocli.output import make_console
 
     console = make_console()

@@ -9,18 +9,18 @@ import typer
 
 from astrocli.commands.options import FormatOption
 from astrocli.errors import AstroError
-from astrocli.output import OutputFormat
+from astrocli.output import OutputFormat, make_console, rows_csv
 
 
 def _describe(name: str, with_macs: bool, num_classes: int) -> dict[str, Any]:
     """One row: counted on the meta device, so even ViT-H costs no memory."""
-    from astrocli.models import count_params, create_model, get_model_info
+    from astrocli.models import count_params, create_model, get_model_info  # lazy: keeps start-up torch-free
 
     info = get_model_info(name)
     model = create_model(name, num_classes=num_classes, img_size=info.default_img_size, device="meta")
     macs = None
     if with_macs:
-        from astrocli.bench import count_macs
+        from astrocli.models.cost import count_macs  # lazy: keeps start-up torch-free
 
         macs = count_macs(model, info.default_img_size)
     return {
@@ -34,9 +34,7 @@ def _describe(name: str, with_macs: bool, num_classes: int) -> dict[str, Any]:
 
 
 def _print_table(rows: list[dict[str, Any]], num_classes: int) -> None:
-    from rich.table import Table
-
-    from astrocli.output import make_console
+    from rich.table import Table  # lazy: keeps start-up torch-free
 
     table = Table(title=f"astro model zoo ({num_classes} classes, MACs for one image at the default size)")
     for column in ("name", "family", "img size", "params", "MACs"):
@@ -62,7 +60,7 @@ def models_command(
     output_format: FormatOption = OutputFormat.table,
 ) -> None:
     """List the model zoo: name, family, default image size, parameters and MACs."""
-    from astrocli.models import FAMILIES, list_models
+    from astrocli.models import FAMILIES, list_models  # lazy: keeps start-up torch-free
 
     if family is not None and family not in FAMILIES:
         raise AstroError(f"unknown family {family!r}; choose one of: {', '.join(FAMILIES)}")
@@ -70,8 +68,6 @@ def models_command(
     if output_format is OutputFormat.json:
         print(json.dumps(rows, indent=2))
     elif output_format is OutputFormat.csv:
-        from astrocli.output import rows_csv
-
         print(rows_csv(rows), end="")
     else:
         _print_table(rows, num_classes)

@@ -9,10 +9,10 @@ import typer
 
 from astrocli.commands.options import DeviceOption, FormatOption
 from astrocli.errors import AstroError
-from astrocli.output import OutputFormat
+from astrocli.output import OutputFormat, make_console, rows_json
 
 if TYPE_CHECKING:
-    from astrocli.predict import Inputs
+    from astrocli.inference.predict import Inputs
 
 
 def _table(rows: list[dict[str, Any]], top_k: int) -> Any:
@@ -63,9 +63,12 @@ def predict_command(
     fmt: FormatOption = OutputFormat.table,
 ) -> None:
     """Predict the class of each image; unreadable files get an error row and exit status 1."""
-    from astrocli.inference import load_runner
-    from astrocli.output import make_console
-    from astrocli.predict import check_output_path, find_latest_checkpoint, predict_files
+    from astrocli.inference.predict import (  # lazy: keeps start-up torch-free
+        check_output_path,
+        find_latest_checkpoint,
+        predict_files,
+    )
+    from astrocli.inference.runner import load_runner
     from astrocli.recipe import Recipe
 
     # With --format json/csv stdout carries the data only; the messages go to stderr.
@@ -88,7 +91,7 @@ def predict_command(
 
 def _inputs(console: Any, paths: list[str]) -> Inputs:
     """The image files ``paths`` name (warning about empty directories); an error when there are none."""
-    from astrocli.predict import collect_inputs
+    from astrocli.inference.predict import collect_inputs  # lazy: keeps start-up torch-free
 
     inputs = collect_inputs(paths)
     for directory in inputs.empty_dirs:
@@ -106,8 +109,10 @@ def _show(
     console: Any, rows: list[dict[str, Any]], shown_k: int, fmt: OutputFormat, output: Path | None
 ) -> None:
     """The rows as a table (or json/csv on stdout), then ``--output``; exit status 1 if any input failed."""
-    from astrocli.output import rows_json
-    from astrocli.predict import predictions_csv, write_predictions
+    from astrocli.inference.predict import (  # lazy: keeps start-up torch-free
+        predictions_csv,
+        write_predictions,
+    )
 
     if fmt is OutputFormat.table:
         console.print(_table(rows, shown_k))

@@ -7,14 +7,14 @@ from typing import Annotated, Any
 import typer
 
 from astrocli.commands.options import FormatOption
-from astrocli.output import OutputFormat
+from astrocli.output import OutputFormat, make_console, rows_csv, rows_json
 
 COLUMNS = ("name", "model", "dataset", "img_size", "epochs", "target")
 
 
 def _recipe_rows() -> list[dict[str, Any]]:
     """One row per shipped recipe, in name order."""
-    from astrocli.recipe import PACKAGED_RECIPES, load_recipe
+    from astrocli.recipe import PACKAGED_RECIPES, load_recipe  # lazy: keeps start-up torch-free
 
     rows = []
     for path in sorted(PACKAGED_RECIPES.glob("*.yaml")):
@@ -33,10 +33,8 @@ def _recipe_rows() -> list[dict[str, Any]]:
 
 
 def _print_table(rows: list[dict[str, Any]]) -> None:
-    from rich.markup import escape
+    from rich.markup import escape  # lazy: keeps start-up torch-free
     from rich.table import Table
-
-    from astrocli.output import make_console
 
     table = Table(title=f"{len(rows)} shipped recipes (astro train --recipe NAME)")
     for column in COLUMNS:
@@ -61,8 +59,6 @@ def recipes_command(
 ) -> None:
     """List the shipped recipes: name, model, dataset, image size and the paper result they target."""
     import json
-
-    from astrocli.output import rows_csv, rows_json
 
     rows = _recipe_rows()
     if as_json:

@@ -15,7 +15,7 @@ def write_end_report(target: Path, enabled: bool, say: bool = True) -> Path | No
     """
     if not enabled:
         return None
-    from astrocli.errors import AstroError
+    from astrocli.errors import AstroError  # lazy: keeps start-up torch-free
     from astrocli.experiments.report import write_report
 
     try:
@@ -43,7 +43,7 @@ def report_command(
     ] = 300,
 ) -> None:
     """Write one self-contained HTML page: curves, confusion matrix, mistakes, duplicates, label errors."""
-    from astrocli.errors import AstroError
+    from astrocli.errors import AstroError  # lazy: keeps start-up torch-free
     from astrocli.experiments.report import write_report
 
     if max_thumbs < 0:

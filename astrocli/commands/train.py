@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from astrocli.commands.options import Overrides, RecipeOption
+from astrocli.commands.report import write_end_report
 
 
 def train_command(
@@ -28,7 +29,7 @@ def train_command(
     ] = False,
 ) -> None:
     """Train a model from a recipe; prints the run directory at the end."""
-    from astrocli.errors import AstroError
+    from astrocli.errors import AstroError  # lazy: keeps start-up torch-free
     from astrocli.recipe import load_recipe
 
     if quiet and jsonl:
@@ -43,18 +44,18 @@ def train_command(
 
     if print_recipe:
         if resume is not None:
-            from astrocli.engine.run_dir import RunDir
+            from astrocli.engine.run_dir import RunDir  # lazy: keeps start-up torch-free
 
             _, resumed = RunDir(resume).load_resume(overrides or [])
             print(resumed.to_yaml(), end="")
         else:
-            from astrocli.defaults import resolve_for_print
+            from astrocli.data.defaults import resolve_for_print  # lazy: keeps start-up torch-free
 
             resolved, comments = resolve_for_print(load_recipe(recipe, overrides or []))
             print("".join(f"# {line}\n" for line in comments) + resolved.to_yaml(), end="")
         return
 
-    from astrocli.engine import train
+    from astrocli.engine import train  # lazy: keeps start-up torch-free
 
     if resume is not None:
         run_dir = train(resume_dir=resume, overrides=overrides or [], log=log)
@@ -70,8 +71,7 @@ def finish_run(run_dir: Path, say: bool = True) -> None:
     import os
     import warnings
 
-    from astrocli.commands.report import write_end_report
-    from astrocli.errors import AstroError
+    from astrocli.errors import AstroError  # lazy: keeps start-up torch-free
     from astrocli.experiments.predictions import write_predictions
     from astrocli.recipe import load_recipe
 

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from astrocli.commands.options import RECIPE_HELP
+from astrocli.output import make_console
 
 
 class PrunerName(str, Enum):
@@ -61,8 +62,7 @@ def tune_command(
 
     Writes to <output.dir>/<name>-tune/: best.yaml, history.png, importance.png, trial<N>/ run dirs.
     """
-    from astrocli.output import make_console
-    from astrocli.tune import run_tune
+    from astrocli.experiments.tune import run_tune  # lazy: keeps start-up torch-free
 
     console = make_console(highlight=False)
 
@@ -91,12 +91,12 @@ def _short(value: Any) -> str:
 
 
 def _print_report(console: Any, result: Any) -> None:
-    from collections import Counter
+    from collections import Counter  # lazy: keeps start-up torch-free
 
     from rich.markup import escape
     from rich.table import Table
 
-    from astrocli.tune import top_trials
+    from astrocli.experiments.tune import top_trials
 
     study = result.study
     counts = Counter(t.state.name.lower() for t in study.trials)

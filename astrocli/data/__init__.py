@@ -11,15 +11,6 @@ The engine takes its batches from :mod:`astrocli.data.pipeline` (``build_train_b
 """
 
 from astrocli.data.sources import SOURCES, DatasetBundle, build_datasets
+from astrocli.data.transforms import build_eval_transform, build_train_transform
 
 __all__ = ["SOURCES", "DatasetBundle", "build_datasets", "build_eval_transform", "build_train_transform"]
-
-
-def __getattr__(name: str):
-    # The transforms import torchvision; loaded on first use so that checking a recipe's
-    # data.source against SOURCES (astrocli.recipe) does not import torch.
-    if name in ("build_eval_transform", "build_train_transform"):
-        from astrocli.data import transforms
-
-        return getattr(transforms, name)
-    raise AttributeError(f"module 'astrocli.data' has no attribute {name!r}")

@@ -24,13 +24,24 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch.utils.data import Dataset
 
-from astrocli.data.base import ArrayImageDataset, ImageFileDataset, NumpyStore
-from astrocli.data.sources import SourceData
+from astrocli.data.base import ArrayImageDataset, ImageFileDataset, NumpyStore, SourceData
+from astrocli.data.galaxy10 import H5Store
+from astrocli.data.tensor_cache import default_cache_dir
 from astrocli.errors import DataError, OutputError, RecipeError
+from astrocli.files import atomic_write_bytes
+from astrocli.images.arrays import (
+    ArrayReader,
+    is_array_file,
+    preprocess_for,
+    read_raw,
+    reader_for,
+    resize_short_center_crop,
+    to_chw,
+)
 from astrocli.recipe import DataConfig
-from astrocli.science import ArrayReader, is_array_file, read_raw, resize_short_center_crop, to_chw
 
 CACHE_FORMAT = "astro-science-cache/1"  # bump when decoding or the layout of the file changes
 READ_BLOCK_ROWS = 256  # h5/npz rows converted at a time while building the cache
@@ -162,7 +173,6 @@ class ScienceFileDataset(_FloatDataset):
         r, c = self.reader, self.cfg
         settings = [CACHE_FORMAT, r.in_chans, r.scaling, r.scaling_params, r.fits_hdu, r.layout, r.nan_fill]
         digest.update(json.dumps([*settings, stored_side(c), c.interpolation]).encode())
-        from astrocli.data.tensor_pipeline import default_cache_dir  # the same folder as the 8-bit cache
 
         root = Path(c.cache_dir).expanduser() if c.cache_dir else default_cache_dir()
         return root / f"science-{self.split}-{digest.hexdigest()}.safetensors"
@@ -203,8 +213,6 @@ def _load_cache(path: Path, count: int) -> tuple[np.ndarray, Any, str | None] | 
 def _save_cache(path: Path, cache: np.ndarray, stats: Any, layout: str | None) -> None:
     """Atomic write; an unwritable cache folder only costs the next run the decoding."""
     from safetensors.numpy import save
-
-    from astrocli.checkpoint import atomic_write_bytes
 
     meta = {
         "format": CACHE_FORMAT,
@@ -406,8 +414,6 @@ def h5_source(cfg: DataConfig) -> SourceData:
     """An HDF5 file (``data.root``) with an images array and a labels array, read lazily."""
     import h5py
 
-    from astrocli.data.galaxy10 import H5Store
-
     path = _data_file(cfg, "h5")
     try:
         with h5py.File(path, "r") as handle:
@@ -449,9 +455,5 @@ def float_eval_io(meta: Any) -> tuple[Any, Any]:
 
     What ``astro export`` feeds its real-image checks: the same numbers ``astro predict`` uses.
     """
-    import torch
-
-    from astrocli.science import preprocess_for, reader_for
-
     reader, preprocess = reader_for(meta), preprocess_for(meta)
     return reader.read, lambda array: torch.from_numpy(preprocess(np.asarray(array)))

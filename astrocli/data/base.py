@@ -1,4 +1,5 @@
-"""The two dataset shapes every source produces, and the image-mode conversion they share.
+"""The two dataset shapes every source produces, the image-mode conversion they share, and
+:class:`SourceData`, what every source returns (the bottom of ``data/``: sources import it).
 
 * :class:`ImageFileDataset`: one image file per sample (image folders, Tiny ImageNet, Flowers-102).
 * :class:`ArrayImageDataset`: samples are rows of a uint8 ``[N, H, W, C]`` array held by a store
@@ -12,19 +13,20 @@ Both yield ``(PIL.Image, int)`` in mode ``RGB`` (or ``L`` when ``in_chans == 1``
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-# Defined in the torch-free astrocli.imaging (ONNX predict runs without torch); re-exported here.
-from astrocli.imaging import IMAGE_EXTENSIONS as IMAGE_EXTENSIONS
-from astrocli.imaging import UNREADABLE_IMAGE_ERRORS
-from astrocli.imaging import convert_image as convert_image
-from astrocli.imaging import image_mode as image_mode
-from astrocli.imaging import is_image_file as is_image_file
+# Defined in the torch-free astrocli.images.pil (ONNX predict runs without torch); re-exported here.
+from astrocli.images.pil import IMAGE_EXTENSIONS as IMAGE_EXTENSIONS
+from astrocli.images.pil import UNREADABLE_IMAGE_ERRORS
+from astrocli.images.pil import convert_image as convert_image
+from astrocli.images.pil import image_mode as image_mode
+from astrocli.images.pil import is_image_file as is_image_file
 from astrocli.notices import SkipLog, SkippedImagesWarning, skipped_images_line
 
 # PIL's ITU-R 601-2 luma weights, so array and PIL conversions to grayscale agree.
@@ -150,3 +152,18 @@ class ArrayImageDataset(Dataset):
         return ArrayImageDataset(
             self.store, self.indices[positions], [self.targets[i] for i in positions], self.in_chans
         )
+
+
+@dataclass
+class SourceData:
+    """What a source offers: named splits (built on demand), class names and pixel statistics.
+
+    ``mean``/``std`` describe the source's native channels (3 for colour, 1 for MNIST-like data);
+    :func:`build_datasets` adapts them to ``data.in_chans``.
+    """
+
+    splits: dict[str, Callable[[], Any]]
+    class_names: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    info: dict[str, Any] = field(default_factory=dict)  # extra facts recorded in split.json

@@ -10,8 +10,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from astrocli.data.base import ArrayImageDataset, NumpyStore
-from astrocli.data.sources import SourceData
+from astrocli.data.base import ArrayImageDataset, NumpyStore, SourceData
 from astrocli.recipe import DataConfig
 
 GRAY_LEVELS = 16  # sklearn's digits take values 0..16

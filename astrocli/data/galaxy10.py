@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from astrocli.data.base import ArrayImageDataset
-from astrocli.data.sources import SourceData
+from astrocli.data.base import ArrayImageDataset, SourceData
+from astrocli.data.download import download_file
 from astrocli.errors import DataError
 from astrocli.recipe import DataConfig
 
@@ -153,7 +153,6 @@ def ensure_file(cfg: DataConfig, spec: Galaxy10Spec) -> Path:
     url = cfg.url or spec.url
     if not cfg.download:
         raise DataError(f"{path} not found and data.download is false; download {url} and place it at {path}")
-    from astrocli.data.download import download_file
 
     return download_file(url, path, cfg.sha256 or spec.sha256)
 

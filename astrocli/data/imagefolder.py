@@ -15,13 +15,14 @@ from pathlib import Path
 
 from PIL import Image
 
-from astrocli.data.base import ImageFileDataset, is_image_file
-from astrocli.data.sources import IMAGENET_MEAN, IMAGENET_STD, SourceData
+from astrocli.data.base import ImageFileDataset, SourceData, is_image_file
+from astrocli.data.download import download_and_extract
 from astrocli.errors import DataError
-from astrocli.imaging import UNREADABLE_IMAGE_ERRORS
+from astrocli.images.arrays import is_array_file
+from astrocli.images.channels import IMAGENET_MEAN, IMAGENET_STD
+from astrocli.images.pil import UNREADABLE_IMAGE_ERRORS
 from astrocli.notices import SkippedImagesWarning, skipped_images_line
 from astrocli.recipe import DataConfig
-from astrocli.science import is_array_file
 
 HELDOUT_FOLDERS = ("val", "test")
 MAX_LISTED_BAD_FILES = 10
@@ -120,8 +121,6 @@ def find_tiny_imagenet(cfg: DataConfig) -> Path:
         if (candidate / "train").is_dir() and (candidate / "val").is_dir():
             return candidate
     if cfg.download:
-        from astrocli.data.download import download_and_extract
-
         download_and_extract(cfg.url or TINY_IMAGENET_URL, root, sha256=cfg.sha256)
         if (root / "tiny-imagenet-200" / "train").is_dir():
             return root / "tiny-imagenet-200"

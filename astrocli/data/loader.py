@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
+from astrocli.data.balance import BalancedSampler
 from astrocli.data.batches import epoch_seed
 
 if TYPE_CHECKING:
@@ -120,8 +121,6 @@ class LoaderBatches:
                 data, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=False
             )
             if balanced:  # data.sampler=balanced: classes drawn equally often (astrocli/data/balance.py)
-                from astrocli.data.balance import BalancedSampler
-
                 self.sampler = BalancedSampler(dataset.targets, world_size, rank, seed)
             self.dataset = data
             self.num_samples = len(self.sampler)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from PIL import Image
+from timm.data import auto_augment
 
 
 def _posterize_zero_bits_black(original: Any) -> Any:
@@ -31,8 +32,6 @@ def patch_timm_posterize() -> None:
     timm's ``AugmentOp`` looks its function up in ``NAME_TO_OP`` when constructed, so the table
     entries are replaced, not only the module attribute.
     """
-    from timm.data import auto_augment
-
     original = auto_augment.posterize
     if getattr(original, "astro_zero_bits", False):
         return

@@ -23,7 +23,8 @@ import torch
 from astrocli.data.batches import BatchSource
 from astrocli.data.loader import LoaderBatches
 from astrocli.data.sources import DatasetBundle
-from astrocli.data.transforms import build_mixup
+from astrocli.data.tensor_cache import fits_in_memory
+from astrocli.data.transforms import build_eval_transform, build_mixup, build_train_transform
 from astrocli.errors import AstroError
 from astrocli.recipe import Recipe
 
@@ -58,7 +59,7 @@ def choose_pipeline(recipe: Recipe, dataset: Any) -> str:
                 "use data.pipeline=loader"
             )
         return "tensor"
-    if module is not None and module.fits_in_memory(dataset, recipe):
+    if module is not None and fits_in_memory(dataset, recipe):
         return "tensor"
     return "loader"
 
@@ -82,7 +83,6 @@ def build_train_batches(
             mixup=mixup,
             num_classes=bundle.num_classes,
         )
-    from astrocli.data import build_train_transform
 
     return LoaderBatches(
         bundle.train,
@@ -131,7 +131,6 @@ def build_eval_batches(
             std=std,
             mixup=None,
         )
-    from astrocli.data import build_eval_transform
 
     data = recipe.data
     transform = build_eval_transform(

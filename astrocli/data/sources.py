@@ -14,34 +14,18 @@ from __future__ import annotations
 
 import importlib
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from astrocli.data import arrays
+from astrocli.data.base import SourceData
+from astrocli.data.exclude import apply_lists
 from astrocli.errors import DataError
+from astrocli.images.channels import adapt_channels
 from astrocli.recipe import DataConfig
-
-# ImageNet statistics (timm's IMAGENET_DEFAULT_MEAN/STD): the default for image folders.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass
-class SourceData:
-    """What a source offers: named splits (built on demand), class names and pixel statistics.
-
-    ``mean``/``std`` describe the source's native channels (3 for colour, 1 for MNIST-like data);
-    :func:`build_datasets` adapts them to ``data.in_chans``.
-    """
-
-    splits: dict[str, Callable[[], Any]]
-    class_names: list[str]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    info: dict[str, Any] = field(default_factory=dict)  # extra facts recorded in split.json
 
 
 @dataclass
@@ -96,8 +80,6 @@ def load_source(cfg: DataConfig) -> SourceData:
     source_fn = getattr(importlib.import_module(module_name), function_name)
     source = source_fn(cfg)
     if cfg.exclude or cfg.relabel:  # `astro audit --fix` lists, applied to every split as it is built
-        from astrocli.data.exclude import apply_lists
-
         source.splits = {
             name: (lambda build=build, name=name: apply_lists(build(), cfg, name, source.class_names))
             for name, build in source.splits.items()
@@ -121,7 +103,6 @@ def build_datasets(cfg: DataConfig) -> DatasetBundle:
     heldout = "fold" if cfg.folds else choose_heldout(cfg.split, source.splits, cfg.source)
     full_train = source.splits["train"]()
     # The float path (astrocli.data.arrays): FITS, 16-bit, N bands, scaling; else 8-bit PIL images.
-    from astrocli.data import arrays
 
     floating = arrays.wants_float(cfg, full_train)
     cfg.pixels = "float" if floating else "uint8"  # recorded in recipe.yaml and the checkpoints
@@ -251,22 +232,6 @@ def resolve_stats(cfg: DataConfig, source: SourceData) -> tuple[tuple[float, ...
     if any(s <= 0 for s in std):
         raise DataError(f"data.std values must be positive, got {list(std)}")
     return mean, std
-
-
-def adapt_channels(values: tuple[float, ...], in_chans: int) -> tuple[float, ...]:
-    """Per-channel statistics for ``in_chans`` channels: repeat a gray value, or luma-weight colour.
-
-    The luma-weighted mean is exact for grayscale converted with PIL's weights; the weighted std
-    is an approximation (it ignores the correlation between channels), fine for normalisation.
-    """
-    if len(values) == in_chans:
-        return tuple(float(v) for v in values)
-    if len(values) == 1:
-        return (float(values[0]),) * in_chans
-    if len(values) == 3 and in_chans == 1:
-        weights = (0.299, 0.587, 0.114)
-        return (round(sum(w * v for w, v in zip(weights, values, strict=True)), 4),)
-    raise DataError(f"cannot adapt {len(values)}-channel statistics to {in_chans} channels")
 
 
 def class_counts(targets: list[int], class_names: list[str]) -> dict[str, int]:

@@ -13,10 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from torchvision import datasets
+from torchvision.datasets.utils import extract_archive as tv_extract_archive
 
-from astrocli.data.base import ArrayImageDataset, ImageFileDataset, NumpyStore
-from astrocli.data.sources import IMAGENET_MEAN, IMAGENET_STD, SourceData
+from astrocli.data.base import ArrayImageDataset, ImageFileDataset, NumpyStore, SourceData
+from astrocli.data.download import download_and_extract, extract_archive
 from astrocli.errors import DataError, first_line
+from astrocli.images.channels import IMAGENET_MEAN, IMAGENET_STD
 from astrocli.recipe import DataConfig
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -126,12 +129,8 @@ def find_cifar(cfg: DataConfig, spec: CifarSpec) -> Path:
     archive = root / spec.archive
     try:
         if archive.is_file():
-            from astrocli.data.download import extract_archive
-
             extract_archive(archive, root)
         elif cfg.download:
-            from astrocli.data.download import download_and_extract
-
             download_and_extract(cfg.url or spec.url, root, sha256=cfg.sha256)
         else:
             raise DataError(
@@ -206,13 +205,11 @@ def _gunzip_placed_files(raw: Path, resources: list[tuple[str, str]]) -> None:
     torchvision only looks for the decompressed idx files when ``download=False``, so the ``.gz``
     files the error message tells users to place would otherwise be ignored.
     """
-    from torchvision.datasets.utils import extract_archive
-
     for url, _ in resources:
         packed = raw / Path(url).name
         if packed.suffix == ".gz" and packed.is_file() and not packed.with_suffix("").is_file():
             try:
-                extract_archive(str(packed), str(raw))
+                tv_extract_archive(str(packed), str(raw))
             except (OSError, EOFError) as exc:
                 raise DataError(
                     f"{packed} cannot be decompressed ({exc}); delete it and place it again"
@@ -221,8 +218,6 @@ def _gunzip_placed_files(raw: Path, resources: list[tuple[str, str]]) -> None:
 
 def mnist_like_source(cfg: DataConfig, name: str, mean: float, std: float) -> SourceData:
     """MNIST or Fashion-MNIST through torchvision (idx files; no pickle), held as uint8 arrays."""
-    from torchvision import datasets
-
     dataset_cls = datasets.MNIST if name == "mnist" else datasets.FashionMNIST
     root = Path(cfg.root).expanduser()
     raw = root / dataset_cls.__name__ / "raw"
@@ -265,8 +260,6 @@ def fashion_mnist_source(cfg: DataConfig) -> SourceData:
 
 def flowers102_source(cfg: DataConfig) -> SourceData:
     """Oxford Flowers-102 through torchvision: the official train / val / test splits (1020/1020/6149)."""
-    from torchvision import datasets
-
     root = Path(cfg.root).expanduser()
     place = (
         f"place 102flowers.tgz (extracted as jpg/), imagelabels.mat and setid.mat from "

@@ -18,6 +18,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from timm.data import Mixup, create_transform
+from timm.data.auto_augment import augment_and_mix_transform, auto_augment_transform, rand_augment_transform
+from timm.data.random_erasing import RandomErasing
+from timm.data.transforms import str_to_pil_interp
+from timm.data.transforms_factory import transforms_imagenet_eval
 from torchvision import transforms
 
 from astrocli.data.pil_compat import patch_timm_posterize
@@ -68,13 +73,6 @@ def _stats(recipe: Recipe, mean: Sequence[float] | None, std: Sequence[float] | 
 
 def augmentation_ops(recipe: Recipe, mean: Sequence[float]) -> list[Callable]:
     """The augmentation stage for ``pad_crop`` and ``resize``, configured as timm's factory does."""
-    from timm.data.auto_augment import (
-        augment_and_mix_transform,
-        auto_augment_transform,
-        rand_augment_transform,
-    )
-    from timm.data.transforms import str_to_pil_interp
-
     aug, size = recipe.augment, recipe.data.img_size
     if _is_trivial(aug.auto_augment):
         fill = [round(255 * m) for m in mean]
@@ -111,8 +109,6 @@ def _flips(recipe: Recipe) -> list[Callable]:
 
 
 def _normalise_and_erase(recipe: Recipe, mean: tuple[float, ...], std: tuple[float, ...]) -> list[Callable]:
-    from timm.data.random_erasing import RandomErasing
-
     ops: list[Callable] = [transforms.ToTensor(), transforms.Normalize(mean, std)]
     aug = recipe.augment
     if aug.re_prob > 0:
@@ -134,8 +130,6 @@ def build_train_transform(
     size = data.img_size
     patch_timm_posterize()  # Pillow 13 rejects the 0 bits timm's PosterizeIncreasing asks for
     if aug.crop == "random_resized_crop":
-        from timm.data import create_transform
-
         own_stage = _needs_own_stage(recipe)
         primary, secondary, final = create_transform(
             input_size=(data.in_chans, size, size),
@@ -182,8 +176,6 @@ def build_eval_transform(
     ``in_chans`` is implied by the images (``L`` or ``RGB``, as the datasets yield them); it is checked
     against ``mean``/``std`` so a mismatch fails here rather than inside a batch.
     """
-    from timm.data.transforms_factory import transforms_imagenet_eval
-
     if len(mean) != in_chans or len(std) != in_chans:
         raise ValueError(
             f"mean/std need {in_chans} values for in_chans={in_chans}, got {len(mean)}/{len(std)}"
@@ -202,7 +194,6 @@ def build_mixup(recipe: Recipe, num_classes: int) -> Any:
     aug = recipe.augment
     if aug.mixup <= 0 and aug.cutmix <= 0:
         return None
-    from timm.data import Mixup
 
     return Mixup(
         mixup_alpha=aug.mixup,

@@ -1,6 +1,8 @@
-"""The training engine: the loop (:mod:`.trainer`), the parts it is built from (:mod:`.build`), the
-run directory's files (:mod:`.run_dir`), resume state (:mod:`.state`), console output
-(:mod:`.console`), experiment loggers (:mod:`.loggers`) and DDP helpers (:mod:`.distributed`).
+"""The training engine: the entry point (:mod:`.launch`: ``train``, ``build_trainer``), the loop
+(:mod:`.trainer`), the parts it is built from (:mod:`.build`), the run directory's files
+(:mod:`.run_dir`), resume state (:mod:`.state`), console output (:mod:`.console`), experiment
+loggers (:mod:`.loggers`), DDP helpers (:mod:`.distributed`), fine-tuning (:mod:`.finetune`) and
+temperature scaling after training (:mod:`.calibrate`).
 
     from astrocli.engine import train
     run_dir = train(load_recipe("quickstart"))
@@ -14,14 +16,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from astrocli.engine.trainer import NonFiniteLoss, Trainer, TrainingInterrupted, train
+    from astrocli.engine.launch import train
+    from astrocli.engine.trainer import NonFiniteLoss, Trainer, TrainingInterrupted
 
 __all__ = ["NonFiniteLoss", "Trainer", "TrainingInterrupted", "train"]
 
 
 def __getattr__(name: str) -> Any:
     if name in __all__:
-        from astrocli.engine import trainer
+        from astrocli.engine import launch, trainer  # lazy: keeps start-up torch-free
 
-        return getattr(trainer, name)
+        return getattr(launch if name == "train" else trainer, name)
     raise AttributeError(f"module 'astrocli.engine' has no attribute {name!r}")

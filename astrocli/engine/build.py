@@ -1,5 +1,5 @@
 """The parts of a training run, each built from the recipe: seeds, autocast, batches, model,
-optimizer, schedule and loss. :func:`astrocli.engine.trainer.build_trainer` puts them together.
+optimizer, schedule and loss. :func:`astrocli.engine.launch.build_trainer` puts them together.
 
 Everything the papers used comes from timm (optimizers, schedulers, losses, Mixup, EMA).
 """
@@ -14,8 +14,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 import torch.nn as nn
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
 
+from astrocli.data.balance import class_weights
+from astrocli.data.defaults import fit_warmup_cooldown
+from astrocli.data.pipeline import build_eval_batches, build_train_batches
+from astrocli.engine.finetune import check_finetune_config, param_groups
 from astrocli.errors import AstroError
+from astrocli.models import create_model
+from astrocli.models.pretrained import load_pretrained
 from astrocli.notices import SkipLog
 from astrocli.recipe import Recipe
 
@@ -66,8 +75,6 @@ def build_batches(
     bundle: DatasetBundle, recipe: Recipe, device: torch.device, dist: DistInfo
 ) -> tuple[BatchSource, BatchSource]:
     """The training and validation batch sources, sharded over the ranks."""
-    from astrocli.data.pipeline import build_eval_batches, build_train_batches
-
     train_batches = build_train_batches(bundle, recipe, device, dist.rank, dist.world_size)
     eval_batches = build_eval_batches(
         bundle.val, recipe, device, dist.rank, dist.world_size, mean=bundle.mean, std=bundle.std
@@ -82,9 +89,6 @@ def build_model(
 ) -> nn.Module:
     """The zoo model for ``recipe.model``, started from ``model.pretrained`` weights when
     ``load_weights`` (not when resuming); ``log`` gets the one-line adaptation report."""
-    from astrocli.models import create_model
-    from astrocli.pretrained import load_pretrained
-
     m, d = recipe.model, recipe.data
     model = create_model(
         m.name,
@@ -105,12 +109,8 @@ def build_optimizer(model: nn.Module, recipe: Recipe, device: torch.device) -> t
     """timm's optimizer factory (no weight decay on biases and norms); fused AdamW on CUDA.
 
     ``train.layer_decay`` is timm's layer-wise decay; ``train.head_lr_mult`` scales the classifier
-    (astrocli/finetune.py builds those groups; timm's schedulers apply their ``lr_scale``).
+    (astrocli/engine/finetune.py builds those groups; timm's schedulers apply their ``lr_scale``).
     """
-    from timm.optim import create_optimizer_v2
-
-    from astrocli.finetune import check_finetune_config, param_groups
-
     cfg = recipe.train
     check_finetune_config(cfg)
     kwargs: dict[str, Any] = {"layer_decay": cfg.layer_decay}
@@ -138,12 +138,8 @@ def build_scheduler(
 
     Returns the scheduler and the total number of epochs: ``train.epochs``, with warmup and
     cooldown counted inside it (scaled down, with a warning through ``warn``, when they would
-    take more than half the run; astrocli/defaults.py).
+    take more than half the run; astrocli/data/defaults.py).
     """
-    from timm.scheduler import create_scheduler_v2
-
-    from astrocli.defaults import fit_warmup_cooldown
-
     cfg = recipe.train
     fit = fit_warmup_cooldown(cfg.epochs, cfg.warmup_epochs, cfg.cooldown_epochs, updates_per_epoch)
     if fit.warning and warn is not None:
@@ -175,8 +171,6 @@ def build_train_loss(recipe: Recipe, mixup_on: bool, class_weight: torch.Tensor 
     With ``class_weight`` (``train.class_weights: balanced``), torch's CE with per-class weights,
     which takes hard labels (with its own smoothing) and soft Mixup targets alike.
     """
-    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-
     if class_weight is not None:
         smoothing = 0.0 if mixup_on else recipe.augment.label_smoothing
         return nn.CrossEntropyLoss(weight=class_weight, label_smoothing=smoothing)
@@ -194,8 +188,6 @@ def build_losses(
     evaluation loss."""
     weight = None
     if recipe.train.class_weights == "balanced":
-        from astrocli.data.balance import class_weights
-
         weight = class_weights(bundle.train.targets, bundle.num_classes).to(device)
     train_loss = build_train_loss(recipe, train_batches.mixup is not None, weight)
     return train_loss, nn.CrossEntropyLoss(reduction="sum")

@@ -161,7 +161,7 @@ class TrainConsole:
             transient=True,
         )
 
-    # -- other long steps: validation, decoding the tensor cache (astrocli.progress.ProgressSink) --
+    # -- other long steps: validation, decoding the tensor cache (astrocli.bars.ProgressSink) --
 
     def task_begin(self, description: str, total: int) -> None:
         """A second bar (under the epoch's, or alone outside an epoch) for ``total`` items."""

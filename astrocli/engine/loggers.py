@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import importlib.util
 import json
 import os
@@ -33,8 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from astrocli.checkpoint import atomic_write_text
 from astrocli.errors import AstroError, first_line
+from astrocli.files import atomic_write_text
 from astrocli.recipe import Recipe
 
 # The module each logger imports, and the extra that installs it.
@@ -194,8 +195,9 @@ def _write_id(run_dir: Path, key: str, value: str) -> None:
 
 
 class _Guarded(Callback):
-    """Base of the built-in loggers: after start, an I/O error warns once and turns the logger off,
-    because a network hiccup must not end a long training run."""
+    """Base of the built-in loggers: after start, an I/O error warns once and turns the logger off
+    for the rest of the run (every later call returns at once), because a network hiccup must not
+    end a long training run. Its methods say so with ``@guarded(what)``."""
 
     name = "logger"
 
@@ -203,16 +205,27 @@ class _Guarded(Callback):
         self._warn = warn or (lambda text: print(f"warning: {text}", file=sys.stderr))
         self._failed = False
 
-    @contextlib.contextmanager
-    def _guard(self, what: str) -> Iterator[None]:
-        if self._failed:
-            yield
-            return
-        try:
-            yield
-        except Exception as exc:
-            self._failed = True
-            self._warn(f"{self.name} logging stopped ({what}: {type(exc).__name__}: {exc}); training goes on")
+
+def guarded(what: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Decorate a :class:`_Guarded` logger's method: skipped once the logger has failed; its first
+    exception warns (naming ``what``) and turns the logger off instead of ending training."""
+
+    def decorate(method: Callable[..., None]) -> Callable[..., None]:
+        @functools.wraps(method)
+        def call(self: _Guarded, *args: Any, **kwargs: Any) -> None:
+            if self._failed:
+                return
+            try:
+                method(self, *args, **kwargs)
+            except Exception as exc:
+                self._failed = True
+                self._warn(
+                    f"{self.name} logging stopped ({what}: {type(exc).__name__}: {exc}); training goes on"
+                )
+
+        return call
+
+    return decorate
 
 
 # ---------------------------------------------------------------------------------------------
@@ -327,37 +340,37 @@ class TensorBoardLogger(_Guarded):
     name = "tensorboard"
 
     def start(self, recipe: Recipe, run_dir: Path) -> None:
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # lazy: keeps start-up torch-free
 
         self.recipe = recipe
         self.writer = SummaryWriter(log_dir=str(run_dir))  # `tensorboard --logdir runs` shows every run
         self.writer.add_text("recipe", "```yaml\n" + recipe.to_yaml() + "```", 0)
 
+    @guarded("step")
     def log_step(self, step: int, values: Mapping[str, float]) -> None:
-        with self._guard("step"):
-            for key, value in values.items():
-                self.writer.add_scalar(f"train/{key}", value, step)
+        for key, value in values.items():
+            self.writer.add_scalar(f"train/{key}", value, step)
 
+    @guarded("epoch")
     def log_epoch(self, epoch: int, row: Mapping[str, Any]) -> None:
-        with self._guard("epoch"):
-            for key, value in numeric(row).items():
-                self.writer.add_scalar(_tb_tag(key), value, epoch)
-            matrix = row.get("confusion_matrix")
-            if matrix is not None:
-                self.writer.add_figure("val/confusion_matrix", _matrix_figure(matrix), epoch)
-            self.writer.flush()
+        for key, value in numeric(row).items():
+            self.writer.add_scalar(_tb_tag(key), value, epoch)
+        matrix = row.get("confusion_matrix")
+        if matrix is not None:
+            self.writer.add_figure("val/confusion_matrix", _matrix_figure(matrix), epoch)
+        self.writer.flush()
 
+    @guarded("finish")
     def finish(self, summary: Mapping[str, Any], status: str = "finished") -> None:
-        with self._guard("finish"):
-            best = {
-                f"hparam/{k}": float(v)
-                for k, v in numeric(summary).items()
-                if k.startswith(("best_", "final_")) and v == v  # v == v: not NaN
-            }
-            if best:
-                hparams = {k: _hparam_value(v) for k, v in flatten(self.recipe.to_dict()).items()}
-                # run_name=".": the hparams go into this run's folder, not a timestamped sub-folder.
-                self.writer.add_hparams(hparams, best, run_name=".")
+        best = {
+            f"hparam/{k}": float(v)
+            for k, v in numeric(summary).items()
+            if k.startswith(("best_", "final_")) and v == v  # v == v: not NaN
+        }
+        if best:
+            hparams = {k: _hparam_value(v) for k, v in flatten(self.recipe.to_dict()).items()}
+            # run_name=".": the hparams go into this run's folder, not a timestamped sub-folder.
+            self.writer.add_hparams(hparams, best, run_name=".")
         with contextlib.suppress(Exception):
             self.writer.close()
 
@@ -456,25 +469,25 @@ class MlflowLogger(_Guarded):
         if items:
             self.client.log_batch(self.run_id, metrics=items)
 
+    @guarded("epoch")
     def log_epoch(self, epoch: int, row: Mapping[str, Any]) -> None:
         # Per-epoch only: a request per logged step would put network latency into the training loop.
-        with self._guard("epoch"):
-            self._log_metrics(numeric(row), epoch)
+        self._log_metrics(numeric(row), epoch)
 
+    @guarded("artifacts")
     def log_artifacts(self, run_dir: Path) -> None:
-        with self._guard("artifacts"):
-            for name in ARTIFACTS:
-                if (run_dir / name).is_file():
-                    self.client.log_artifact(self.run_id, str(run_dir / name))
+        for name in ARTIFACTS:
+            if (run_dir / name).is_file():
+                self.client.log_artifact(self.run_id, str(run_dir / name))
 
+    @guarded("finish")
     def finish(self, summary: Mapping[str, Any], status: str = "finished") -> None:
-        with self._guard("finish"):
-            best = {k: v for k, v in numeric(summary).items() if k.startswith(("best_", "final_"))}
-            self._log_metrics(best, int(summary.get("epochs") or 0))
-            if status != "finished":
-                self.client.set_tag(self.run_id, "astro.status", status)
-            mlflow_status = {"finished": "FINISHED", "interrupted": "KILLED", "pruned": "KILLED"}
-            self.client.set_terminated(self.run_id, status=mlflow_status.get(status, "FAILED"))
+        best = {k: v for k, v in numeric(summary).items() if k.startswith(("best_", "final_"))}
+        self._log_metrics(best, int(summary.get("epochs") or 0))
+        if status != "finished":
+            self.client.set_tag(self.run_id, "astro.status", status)
+        mlflow_status = {"finished": "FINISHED", "interrupted": "KILLED", "pruned": "KILLED"}
+        self.client.set_terminated(self.run_id, status=mlflow_status.get(status, "FAILED"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -531,25 +544,25 @@ class WandbLogger(_Guarded):
             self.run.define_metric(prefix, step_metric="epoch")
         _write_id(run_dir, "wandb_id", self.run.id)
 
+    @guarded("step")
     def log_step(self, step: int, values: Mapping[str, float]) -> None:
-        with self._guard("step"):
-            self.run.log({"train/step": step, **{f"train/{k}": v for k, v in values.items()}})
+        self.run.log({"train/step": step, **{f"train/{k}": v for k, v in values.items()}})
 
+    @guarded("epoch")
     def log_epoch(self, epoch: int, row: Mapping[str, Any]) -> None:
-        with self._guard("epoch"):
-            self.run.log({"epoch": epoch, **numeric(row)})
+        self.run.log({"epoch": epoch, **numeric(row)})
 
+    @guarded("artifacts")
     def log_artifacts(self, run_dir: Path) -> None:
-        with self._guard("artifacts"):
-            for name in ("curves.png", "summary.json"):
-                if (run_dir / name).is_file():
-                    self.run.save(str(run_dir / name), base_path=str(run_dir), policy="now")
+        for name in ("curves.png", "summary.json"):
+            if (run_dir / name).is_file():
+                self.run.save(str(run_dir / name), base_path=str(run_dir), policy="now")
 
+    @guarded("finish")
     def finish(self, summary: Mapping[str, Any], status: str = "finished") -> None:
-        with self._guard("finish"):
-            self.run.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float, str))})
-            self.run.summary["astro_status"] = status
-            self.run.finish(exit_code=0 if status in ("finished", "pruned") else 1)
+        self.run.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float, str))})
+        self.run.summary["astro_status"] = status
+        self.run.finish(exit_code=0 if status in ("finished", "pruned") else 1)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -27,8 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from astrocli.checkpoint import atomic_write_bytes, atomic_write_text
+from astrocli.checkpoint import save_checkpoint
 from astrocli.errors import AstroError
+from astrocli.files import atomic_write_bytes, atomic_write_text
 
 if TYPE_CHECKING:
     import torch
@@ -156,8 +157,6 @@ class RunDir:
 
     def save_model(self, filename: str, state_dict: Mapping[str, torch.Tensor], meta: CheckpointMeta) -> None:
         """``best.safetensors`` or ``last.safetensors`` (atomic)."""
-        from astrocli.checkpoint import save_checkpoint
-
         save_checkpoint(self.path / filename, state_dict, meta)
 
     def load_resume(self, overrides: Sequence[str] = ()) -> tuple[ResumeState, Recipe]:
@@ -167,14 +166,14 @@ class RunDir:
         Raises:
             AstroError: no resume state here; a damaged one says how to start from ``last.safetensors``.
         """
-        from astrocli.engine.run_guard import load_resume_or_explain
+        from astrocli.engine.state import load_resume_or_explain  # lazy: keeps start-up torch-free
         from astrocli.recipe import apply_override, recipe_from_dict
 
         if not self.resume_file.is_file():
             raise AstroError(
                 f"'{self.path}' has no {RESUME_FILE}; pass a run directory written by `astro train`"
             )
-        resume = load_resume_or_explain(self.path)
+        resume = load_resume_or_explain(self.resume_file)
         raw = resume.recipe
         for item in overrides:
             apply_override(raw, item)

@@ -10,13 +10,13 @@ to a full disk, and a clear way on when the resume state is damaged.
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any
 
-from astrocli.engine.state import RESUME_FILE, ResumeState, load_resume_state
-from astrocli.errors import AstroError, CheckpointError, DiskFullError
+from astrocli.engine.run_dir import RESUME_FILE
+from astrocli.engine.state import saved_progress
+from astrocli.errors import AstroError, DiskFullError
 
 LOCK_FILE = ".astro-train.lock"
 CHECKPOINT_FILES = (RESUME_FILE, "last.safetensors", "best.safetensors")
@@ -143,40 +143,3 @@ def resume_note(run_dir: Path) -> str:
     epoch, step = progress.get("epoch", 0), progress.get("step_in_epoch", 0)
     where = f"epoch {epoch}" + (f", step {step}" if step else "")
     return f"the resume state ({where}) is intact: free space, then run `astro train --resume {run_dir}`"
-
-
-def saved_progress(path: Path) -> dict[str, Any] | None:
-    """The progress recorded in a resume file's header (None when missing or unreadable)."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            meta = json.loads((handle.metadata() or {})["astro_resume"])
-        return dict(meta["progress"])
-    except Exception:  # missing, truncated, foreign: there is nothing to resume from
-        return None
-
-
-def load_resume_or_explain(run_dir: Path) -> ResumeState:
-    """Load ``RUN_DIR/resume.safetensors``; if it is damaged, say whether ``last.safetensors`` is
-    intact and how to start a new run from its weights."""
-    try:
-        return load_resume_state(run_dir / RESUME_FILE)
-    except CheckpointError:
-        pass
-    from astrocli.checkpoint import load_checkpoint
-
-    last = run_dir / "last.safetensors"
-    damaged = f"cannot resume: {run_dir / RESUME_FILE} is damaged or truncated"
-    try:
-        _, meta = load_checkpoint(last)
-    except CheckpointError:
-        raise CheckpointError(
-            f"{damaged}, and {last} is missing or damaged too; start the run again with "
-            f"`astro train --recipe {run_dir / 'recipe.yaml'}`"
-        ) from None
-    raise CheckpointError(
-        f"{damaged}; {last} is intact (epoch {meta.epoch}): start a new run from its weights with "
-        f"`astro train --recipe {run_dir / 'recipe.yaml'} model.pretrained={last}` "
-        "(optimizer state and schedule start over)"
-    ) from None

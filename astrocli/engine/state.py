@@ -25,14 +25,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
 
-from astrocli.checkpoint import read_tensors, save_tensors
-from astrocli.engine.run_dir import RESUME_FILE
+from astrocli.checkpoint import load_checkpoint, read_tensors, save_tensors
 from astrocli.errors import CheckpointError
 
 RESUME_FORMAT = "astro-resume/1"
 __all__ = [
-    "RESUME_FILE",
     "RESUME_FORMAT",
     "Progress",
     "ResumeState",
@@ -257,3 +256,37 @@ def load_resume_state(path: str | Path) -> ResumeState:
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"'{path}': damaged resume metadata ({exc})") from None
     return ResumeState(tensors=tensors, meta=meta)
+
+
+def saved_progress(path: Path) -> dict[str, Any] | None:
+    """The progress recorded in a resume file's header (None when missing or unreadable)."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta = json.loads((handle.metadata() or {})["astro_resume"])
+        return dict(meta["progress"])
+    except Exception:  # missing, truncated, foreign: there is nothing to resume from
+        return None
+
+
+def load_resume_or_explain(resume_path: Path) -> ResumeState:
+    """Load ``RUN_DIR/resume.safetensors``; if it is damaged, say whether ``last.safetensors`` is
+    intact and how to start a new run from its weights."""
+    try:
+        return load_resume_state(resume_path)
+    except CheckpointError:
+        pass
+    run_dir = resume_path.parent
+    last = run_dir / "last.safetensors"
+    damaged = f"cannot resume: {resume_path} is damaged or truncated"
+    try:
+        _, meta = load_checkpoint(last)
+    except CheckpointError:
+        raise CheckpointError(
+            f"{damaged}, and {last} is missing or damaged too; start the run again with "
+            f"`astro train --recipe {run_dir / 'recipe.yaml'}`"
+        ) from None
+    raise CheckpointError(
+        f"{damaged}; {last} is intact (epoch {meta.epoch}): start a new run from its weights with "
+        f"`astro train --recipe {run_dir / 'recipe.yaml'} model.pretrained={last}` "
+        "(optimizer state and schedule start over)"
+    ) from None

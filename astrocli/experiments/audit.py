@@ -24,11 +24,15 @@ from typing import Any
 
 import numpy as np
 
-from astrocli.checkpoint import atomic_write_text
+from astrocli.data.exclude import read_exclude
 from astrocli.errors import AstroError
 from astrocli.experiments.dataview import DataView, open_view
 from astrocli.experiments.duplicates import DEFAULT_MAX_BITS, HASH_BITS, Pair, exact_pairs, near_pairs
+from astrocli.experiments.embeddings import embedding_neighbours
+from astrocli.experiments.label_issues import rank_label_issues
+from astrocli.experiments.predictions import read_oof
 from astrocli.experiments.scan import ImageFacts, scan_images, skipped_files
+from astrocli.files import atomic_write_text
 from astrocli.recipe import DataConfig
 
 AUDIT_FILE = "audit.json"
@@ -49,7 +53,6 @@ def run_audit(
     on_image: Any = None,
 ) -> dict[str, Any]:
     """Audit ``cfg``'s data; write ``out_dir/audit.json`` (and the ``--fix`` lists); return the result."""
-    from astrocli.experiments.label_issues import rank_label_issues
 
     oof = _read_oof(cv_dir) if cv_dir is not None else None
     view = open_view(cfg)
@@ -59,8 +62,6 @@ def run_audit(
     decoded = np.array([f.digest is not None for f in facts], dtype=bool)
     pairs += near_pairs(hashes, max_bits, skip={(p.a, p.b) for p in pairs}, valid=decoded)
     if checkpoint is not None:
-        from astrocli.experiments.embeddings import embedding_neighbours
-
         pairs += embedding_neighbours(checkpoint, view, facts, min_cosine, skip={(p.a, p.b) for p in pairs})
     folds = _folds(oof)
     result: dict[str, Any] = {
@@ -82,13 +83,11 @@ def run_audit(
 
 
 def _read_oof(cv_dir: Path) -> Any:
-    from astrocli.experiments.predictions import read_oof
 
     return read_oof(cv_dir)
 
 
 def _excluded(cfg: DataConfig) -> set[str]:
-    from astrocli.data.exclude import read_exclude
 
     return read_exclude(cfg.exclude) if cfg.exclude else set()
 

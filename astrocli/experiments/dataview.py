@@ -17,7 +17,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from astrocli.data import arrays
 from astrocli.data.exclude import image_keys
+from astrocli.data.sources import choose_heldout, load_source, stratified_split
 from astrocli.recipe import DataConfig
 
 THUMB_SIDE = 112  # pixels: sharp on a laptop screen at the gallery's 112-px cells, small in the page
@@ -60,8 +62,6 @@ class DataView:
 
 def open_view(cfg: DataConfig) -> DataView:
     """Build every split of ``cfg``'s source (raises DataError when the data is missing)."""
-    from astrocli.data import arrays
-    from astrocli.data.sources import choose_heldout, load_source, stratified_split
 
     source = load_source(cfg)
     splits = {name: build() for name, build in source.splits.items()}

@@ -12,11 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from astrocli.errors import CheckpointError
 from astrocli.experiments.dataview import DataView
 from astrocli.experiments.duplicates import Pair
 from astrocli.experiments.scan import ImageFacts
+from astrocli.inference.runner import TorchRunner, load_runner
 
 BATCH = 128
 
@@ -33,7 +35,6 @@ def check_classes(model_names: list[str], data_names: list[str], checkpoint: Pat
 
 def embed(runner: Any, items: list[Any]) -> np.ndarray:
     """Features ``[N, D]`` at the classifier's input for already-decoded dataset items."""
-    import torch
 
     model = runner.model
     if not hasattr(model, "get_classifier"):
@@ -58,7 +59,6 @@ def embedding_neighbours(
     checkpoint: Path, view: DataView, facts: list[ImageFacts], min_cosine: float, skip: set | None = None
 ) -> list[Pair]:
     """Each held-out image's nearest training image, when at least ``min_cosine`` alike."""
-    from astrocli.inference import TorchRunner, load_runner
 
     runner = load_runner(checkpoint, device="auto")
     if not isinstance(runner, TorchRunner):

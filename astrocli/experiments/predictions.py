@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from astrocli.checkpoint import atomic_write_bytes, atomic_write_text
 from astrocli.errors import AstroError
+from astrocli.files import atomic_write_bytes, atomic_write_text
 
 if TYPE_CHECKING:
     from astrocli.data.sources import DatasetBundle
@@ -79,10 +79,10 @@ def write_predictions(run_dir: str | Path, device: str = "auto", force: bool = F
 
     Kept when already there (``force`` rewrites), so a resumed ``astro cv`` does not redo it.
     """
-    from astrocli.data import build_datasets
+    from astrocli.data import build_datasets  # lazy: keeps torch out of cv aggregation and oof files
     from astrocli.data.exclude import image_keys
-    from astrocli.evaluate import collect_probabilities, eval_recipe
-    from astrocli.inference import load_runner
+    from astrocli.inference.evaluate import collect_probabilities, eval_recipe
+    from astrocli.inference.runner import load_runner
 
     run_dir = Path(run_dir)
     out = run_dir / PREDICTIONS_NPZ

@@ -20,11 +20,31 @@ from typing import Any
 
 import numpy as np
 
-from astrocli.checkpoint import atomic_write_text
+from astrocli.calibration import reliability
+from astrocli.engine.run_dir import RunDir
 from astrocli.errors import AstroError
-from astrocli.experiments.dataview import DataView
-from astrocli.experiments.report_html import Section, confusion_table, esc, figure, page, table
+from astrocli.experiments.cv import PLAN_FILE, is_cv_parent, read_cv
+from astrocli.experiments.dataview import DataView, open_view
+from astrocli.experiments.predictions import (
+    OOF_NPZ,
+    PREDICTIONS_NPZ,
+    Predictions,
+    read_predictions,
+    write_predictions,
+)
+from astrocli.experiments.report_html import (
+    Section,
+    confusion_table,
+    esc,
+    figure,
+    page,
+    reliability_chart,
+    table,
+)
 from astrocli.experiments.report_sections import audit_sections, cv_table_section, run_overview
+from astrocli.files import atomic_write_text
+from astrocli.metrics import classification_metrics, expected_calibration_error
+from astrocli.recipe import recipe_from_dict
 
 REPORT_FILE = "report.html"
 MAX_THUMBS = 300  # thumbnails in one page: about 1.5 MB of HTML, quick to open on any laptop
@@ -51,7 +71,6 @@ class Budget:
 
 def write_report(target: str | Path, out: str | Path | None = None, max_thumbs: int = MAX_THUMBS) -> Path:
     """Write ``report.html`` for a run folder, a cv folder or an audit (``audit.json`` or its folder)."""
-    from astrocli.cv import is_cv_parent
 
     target = Path(target)
     budget = Budget(max_thumbs)
@@ -74,8 +93,6 @@ def write_report(target: str | Path, out: str | Path | None = None, max_thumbs: 
 
 def open_data(data: dict[str, Any]) -> tuple[DataView | None, str]:
     """The data a page shows thumbnails of, or None and the reason (the page still renders)."""
-    from astrocli.experiments.dataview import open_view
-    from astrocli.recipe import recipe_from_dict
 
     try:
         cfg = recipe_from_dict({"data": {**data, "folds": 0}}).data
@@ -102,9 +119,6 @@ def footer(budget: Budget, note: str) -> str:
 def run_page(run_dir: Path, budget: Budget) -> str:
     """The page of one finished run (predictions computed now when an older run lacks them)."""
     import yaml
-
-    from astrocli.engine.run_dir import RunDir
-    from astrocli.experiments.predictions import PREDICTIONS_NPZ, read_predictions, write_predictions
 
     run = RunDir(run_dir)
     summary = run.read_summary()
@@ -146,7 +160,6 @@ def prediction_sections(
     preds: Any, rows: np.ndarray, view: DataView | None, budget: Budget, what: str
 ) -> list[Section]:
     """Confusion matrix (cells linked to their images), per class, calibration, mistakes, the cells."""
-    from astrocli.metrics import classification_metrics
 
     names = preds.class_names
     probs, targets, keys = preds.probs[rows], preds.target[rows], preds.key[rows]
@@ -188,9 +201,6 @@ def prediction_sections(
 
 def calibration_chart(probs: np.ndarray, targets: np.ndarray, temperature: float) -> str:
     """The reliability diagram of the raw probabilities and, when the run fitted one, at its temperature."""
-    from astrocli.calibration import reliability
-    from astrocli.experiments.report_html import reliability_chart
-    from astrocli.metrics import expected_calibration_error
 
     curves = [("raw", reliability(probs, targets), expected_calibration_error(probs, targets))]
     if temperature != 1.0:
@@ -269,9 +279,6 @@ def cv_page(parent: Path, budget: Budget) -> str:
     """The per-fold table with intervals, and the out-of-fold predictions of every training image."""
     import yaml
 
-    from astrocli.cv import PLAN_FILE, read_cv
-    from astrocli.experiments.predictions import OOF_NPZ, read_predictions
-
     report = read_cv(parent)
     plan = json.loads((parent / PLAN_FILE).read_text())
     sections = [cv_table_section(parent, report)]
@@ -295,7 +302,6 @@ def cv_page(parent: Path, budget: Budget) -> str:
 
 def mean_per_key(oof: Any) -> Any:
     """One row per image: its out-of-fold probabilities averaged over repeats and seeds."""
-    from astrocli.experiments.predictions import Predictions
 
     keys, first, inverse = np.unique(oof.key, return_index=True, return_inverse=True)
     probs = np.zeros((len(keys), oof.probs.shape[1]))

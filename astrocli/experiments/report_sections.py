@@ -6,6 +6,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from astrocli.engine.run_dir import RunDir
+from astrocli.experiments.cv import VAL_METRICS
 from astrocli.experiments.dataview import DataView
 from astrocli.experiments.report_html import Section, esc, figure, line_chart, table
 
@@ -78,8 +80,6 @@ def _curves(rows: list[dict[str, Any]]) -> str:
 
 def cv_table_section(parent: Path, report: dict[str, Any]) -> Section:
     """Each run's held-out metrics, then mean, std and the Student-t 95% interval."""
-    from astrocli.cv import VAL_METRICS
-    from astrocli.engine.run_dir import RunDir
 
     metrics = [m for m in VAL_METRICS if m in report["metrics"]]
     rows: list[list[Any]] = []

@@ -19,6 +19,8 @@ from PIL import Image
 
 from astrocli.experiments.dataview import DataView, to_pil
 from astrocli.experiments.duplicates import TRIMS, perceptual_hashes, pixel_digest
+from astrocli.images.arrays import is_array_file
+from astrocli.images.pil import IMAGE_EXTENSIONS
 
 
 @dataclass
@@ -83,8 +85,6 @@ def scan_images(
 
 def skipped_files(view: DataView, excluded: set[str]) -> list[dict[str, Any]]:
     """Files under ``data.root`` that no split holds, each with the reason (for image-file sources)."""
-    from astrocli.imaging import IMAGE_EXTENSIONS
-    from astrocli.science import is_array_file
 
     if not any(hasattr(d, "samples") for d in view.splits.values()):
         return []  # arrays (h5, npz, torchvision): no files to list

@@ -35,9 +35,9 @@ from typing import Any
 
 import yaml
 
-from astrocli.checkpoint import atomic_write_bytes, atomic_write_text
 from astrocli.engine.loggers import Callback, has_module, missing_extra_message, parent_run
 from astrocli.errors import AstroError, RecipeError, first_line
+from astrocli.files import atomic_write_bytes, atomic_write_text
 from astrocli.recipe import Recipe, given_keys, load_recipe, recipe_from_dict, set_given
 
 # train.select_metric -> the epoch-row key it is read from, and which way is better.
@@ -373,8 +373,6 @@ def run_tune(
     """
     if not has_module("optuna"):
         raise AstroError(missing_extra_message("astro tune", "tune", "optuna"))
-    import optuna
-
     base_recipe = load_recipe(recipe, list(overrides))
     base = base_recipe.to_dict()
     params = load_space(space, base)
@@ -385,6 +383,37 @@ def run_tune(
     key, direction = metric_key(base_recipe)
     tune_dir = tune_dir_for(base_recipe)
     tune_dir.mkdir(parents=True, exist_ok=True)
+    study, name = _open_study(base_recipe, tune_dir, storage, study_name, pruner, direction)
+    notes = _enqueue_recipe_values(study, params, base)
+    objective = _objective(base_recipe, params, tune_dir, key, direction)
+
+    with parent_run(
+        base_recipe, f"{name}-tune", kind="tune", run_id=study.user_attrs.get(PARENT_ATTR)
+    ) as parent:
+        if parent.mlflow_run_id and PARENT_ATTR not in study.user_attrs:
+            study.set_user_attr(PARENT_ATTR, parent.mlflow_run_id)
+            parent.log_params({"study": name, "metric": key, "direction": direction, "pruner": pruner})
+        _optimize(study, objective, trials, timeout, [on_trial] if on_trial else [], name)
+        result = _finish(study, params, base, tune_dir, key, direction, notes)
+        if result.best_yaml is not None:
+            parent.log_metrics({f"best_{key}": study.best_value})
+            parent.log_artifact(result.best_yaml)
+            for plot in result.plots:
+                parent.log_artifact(plot)
+    return result
+
+
+def _open_study(
+    base_recipe: Recipe,
+    tune_dir: Path,
+    storage: str | None,
+    study_name: str | None,
+    pruner: str,
+    direction: str,
+) -> tuple[Any, str]:
+    """The Optuna study (created, or loaded to continue) and its name."""
+    import optuna  # lazy: optuna is an optional extra (astrocli[tune])
+
     storage_url = storage or f"sqlite:///{(tune_dir / STUDY_FILE).resolve()}"
     name = study_name or base_recipe.output.name
     pruner_obj = make_pruner(pruner, base_recipe)
@@ -403,10 +432,16 @@ def run_tune(
         seed=base_recipe.train.seed + len(study.trials), constant_liar=True
     )
     _check_same_direction(study, direction, name)
-    notes = _enqueue_recipe_values(study, params, base)
+    return study, name
+
+
+def _objective(
+    base_recipe: Recipe, params: list[Any], tune_dir: Path, key: str, direction: str
+) -> Callable[[Any], float]:
+    """One trial: the base recipe with the sampled values, trained quietly; its best metric."""
 
     def objective(trial: Any) -> float:
-        from astrocli.engine import train
+        from astrocli.engine import train  # lazy: keeps start-up torch-free
 
         values = {p.key: p.suggest(trial) for p in params}
         trial_recipe = recipe_for_trial(base_recipe, values)
@@ -418,36 +453,36 @@ def run_tune(
             raise AstroError(f"trial {trial.number} evaluated no epoch; check train.eval_every")
         return pruning.best
 
-    from astrocli.engine import NonFiniteLoss, TrainingInterrupted
+    return objective
 
-    with parent_run(
-        base_recipe, f"{name}-tune", kind="tune", run_id=study.user_attrs.get(PARENT_ATTR)
-    ) as parent:
-        if parent.mlflow_run_id and PARENT_ATTR not in study.user_attrs:
-            study.set_user_attr(PARENT_ATTR, parent.mlflow_run_id)
-            parent.log_params({"study": name, "metric": key, "direction": direction, "pruner": pruner})
-        callbacks = [on_trial] if on_trial else []
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                # An enqueued value outside its range is used as asked (the notes say so for the recipe's).
-                warnings.filterwarnings("ignore", message="Fixed parameter")
-                study.optimize(
-                    objective, n_trials=trials, timeout=timeout, catch=(NonFiniteLoss,), callbacks=callbacks
-                )
-        except TrainingInterrupted as exc:
-            raise AstroError(
-                f"interrupted: the running trial was saved and marked failed in study '{name}' ({exc}); "
-                "run the same astro tune command again to continue the study",
-                exit_code=exc.exit_code,
-            ) from None
-        result = _finish(study, params, base, tune_dir, key, direction, notes)
-        if result.best_yaml is not None:
-            parent.log_metrics({f"best_{key}": study.best_value})
-            parent.log_artifact(result.best_yaml)
-            for plot in result.plots:
-                parent.log_artifact(plot)
-    return result
+
+def _optimize(
+    study: Any,
+    objective: Callable[[Any], float],
+    trials: int,
+    timeout: float | None,
+    callbacks: list[Any],
+    name: str,
+) -> None:
+    """Run the trials; a NaN trial fails alone, an interrupted one stops the study (saved, resumable)."""
+    import optuna  # lazy: optuna is an optional extra (astrocli[tune])
+
+    from astrocli.engine import NonFiniteLoss, TrainingInterrupted  # lazy: keeps start-up torch-free
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            # An enqueued value outside its range is used as asked (the notes say so for the recipe's).
+            warnings.filterwarnings("ignore", message="Fixed parameter")
+            study.optimize(
+                objective, n_trials=trials, timeout=timeout, catch=(NonFiniteLoss,), callbacks=callbacks
+            )
+    except TrainingInterrupted as exc:
+        raise AstroError(
+            f"interrupted: the running trial was saved and marked failed in study '{name}' ({exc}); "
+            "run the same astro tune command again to continue the study",
+            exit_code=exc.exit_code,
+        ) from None
 
 
 def _check_same_direction(study: Any, direction: str, name: str) -> None:

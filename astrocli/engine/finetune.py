@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from timm.optim import param_groups_layer_decay, param_groups_weight_decay
 from torch import nn
 
 from astrocli.errors import AstroError
@@ -59,8 +60,6 @@ def param_groups(
 ) -> list[dict[str, Any]]:
     """timm's parameter groups (weight decay off for biases and norms; layer-wise ``lr_scale`` when
     ``layer_decay`` is set), with the classifier split into its own groups scaled by ``head_lr_mult``."""
-    from timm.optim import param_groups_layer_decay, param_groups_weight_decay
-
     no_decay = getattr(model, "no_weight_decay", lambda: set())()
     if layer_decay is not None:
         groups = param_groups_layer_decay(

@@ -24,13 +24,13 @@ from typing import Any
 
 import numpy as np
 
-from astrocli.checkpoint import atomic_write_text, check_writable
 from astrocli.errors import AstroError, first_line
-from astrocli.imaging import convert_image, image_mode, is_image_file
-from astrocli.inference import Runner
+from astrocli.files import atomic_write_text, check_writable
+from astrocli.images.arrays import FITS_EXTENSIONS
+from astrocli.images.pil import is_image_file
+from astrocli.inference.runner import Runner
 from astrocli.metrics import softmax
 
-FITS_EXTENSIONS = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz")
 CHECKPOINT_NAME = "best.safetensors"
 OUTPUT_FORMATS = (".json", ".csv")
 
@@ -113,53 +113,6 @@ def find_latest_checkpoint(output_dir: str | Path) -> Path:
             "train one with `astro train` or pass --checkpoint FILE"
         )
     return max(candidates, key=lambda p: p.stat().st_mtime)
-
-
-def load_fits(path: Path) -> Any:
-    """Read the first image HDU of a FITS file as an 8-bit PIL image.
-
-    Astronomical pixels are floats with arbitrary range; they are clipped to the 0.5-99.5
-    percentile range and scaled linearly to 0-255 (the usual display stretch), since the model
-    was trained on 8-bit images. 2-D data becomes grayscale, ``[3, H, W]`` cubes become RGB.
-    """
-    try:
-        from astropy.io import fits
-    except ImportError:
-        raise AstroError("reading FITS images needs astropy: pip install 'astrocli[fits]'") from None
-    from PIL import Image
-
-    with fits.open(path, memmap=False) as hdus:
-        data = next((h.data for h in hdus if getattr(h, "data", None) is not None and h.data.ndim >= 2), None)
-        if data is None:
-            raise ValueError("no image data in any HDU")
-        array = np.asarray(data, dtype=np.float64)
-    if array.ndim == 3 and array.shape[0] in (1, 3):
-        array = np.moveaxis(array, 0, -1)
-    elif array.ndim != 2:
-        raise ValueError(f"unsupported FITS image shape {array.shape} (need [H, W] or [1|3, H, W])")
-    array = np.nan_to_num(array, nan=np.nanmin(array) if np.isfinite(array).any() else 0.0)
-    lo, hi = np.percentile(array, [0.5, 99.5])
-    scaled = np.clip((array - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(array)
-    pixels = (scaled * 255).round().astype(np.uint8)
-    if pixels.ndim == 3 and pixels.shape[-1] == 1:
-        pixels = pixels[..., 0]
-    return Image.fromarray(pixels, mode="RGB" if pixels.ndim == 3 else "L")
-
-
-def load_image(path: Path, in_chans: int) -> Any:
-    """Open and fully decode an image (JPEG, PNG, ... or FITS) in the model's channel mode.
-
-    Raises whatever PIL/astropy raise for an unreadable file; the caller turns it into an error row.
-    """
-    from PIL import Image
-
-    if path.name.lower().endswith(FITS_EXTENSIONS):
-        img = load_fits(path)
-    else:
-        with Image.open(path) as handle:
-            handle.load()  # decode now: a truncated file fails here, not later inside a batch
-            img = handle.copy()
-    return convert_image(img, image_mode(in_chans))
 
 
 def _error_reason(exc: Exception) -> str:

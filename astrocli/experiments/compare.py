@@ -10,9 +10,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from astrocli.cv import TEST_METRICS, VAL_METRICS, is_cv_parent, read_cv, run_metrics
 from astrocli.engine.run_dir import RunDir
 from astrocli.errors import AstroError
+from astrocli.experiments.cv import TEST_METRICS, VAL_METRICS, is_cv_parent, read_cv, run_metrics
 from astrocli.stats import paired_difference, parse_target_percent, where_in_interval
 
 

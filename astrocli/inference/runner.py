@@ -7,7 +7,7 @@ its evaluation transform, ``stack(items)`` and ``logits(batch)``.
 
 An exported ONNX file carries the same metadata as the checkpoint (``metadata_props`` hold
 the :meth:`CheckpointMeta.to_metadata` strings), so it runs through onnxruntime alone, with
-no PyTorch model built; its transform is :class:`astrocli.imaging.EvalPreprocess` (numpy + Pillow),
+no PyTorch model built; its transform is :class:`astrocli.images.pil.EvalPreprocess` (numpy + Pillow),
 so the ONNX path imports neither torch nor torchvision.
 
     runner = load_runner("runs/galaxy10/best.safetensors")
@@ -23,9 +23,13 @@ from typing import Any
 
 import numpy as np
 
+from astrocli import HAS_PYTORCH
 from astrocli.checkpoint import CheckpointMeta
 from astrocli.devices import resolve_device
-from astrocli.errors import AstroError, CheckpointError, first_line
+from astrocli.errors import AstroError, CheckpointError, DataError, first_line
+from astrocli.images.arrays import preprocess_for, reader_for
+from astrocli.images.load import load_image
+from astrocli.images.pil import EvalPreprocess
 
 
 class Runner:
@@ -62,12 +66,8 @@ class Runner:
 
     def _build_transform(self) -> Callable[[Any], Any]:
         """numpy + Pillow preprocessing (float32 arrays); needs no PyTorch."""
-        from astrocli.imaging import EvalPreprocess
-
         m = self.meta
         if m.pixels == "float":  # scaled float arrays in, the same numbers for checkpoint and ONNX
-            from astrocli.science import preprocess_for
-
             return preprocess_for(m)
         return EvalPreprocess(m.img_size, m.crop_pct, m.interpolation, m.mean, m.std, m.in_chans)
 
@@ -77,12 +77,7 @@ class Runner:
         Raises ValueError/OSError for a file that cannot be used (the caller reports it by row).
         """
         if self.meta.pixels != "float":
-            from astrocli.predict import load_image
-
             return load_image(Path(path), self.meta.in_chans)
-        from astrocli.errors import DataError
-        from astrocli.science import reader_for
-
         if self._reader is None:
             self._reader = reader_for(self.meta)
         try:
@@ -116,7 +111,7 @@ class TorchRunner(Runner):
 
     def _build_transform(self) -> Callable[[Any], Any]:
         """timm/torchvision's eval transform (torch tensors), the one the model was validated with."""
-        from astrocli.data import build_eval_transform
+        from astrocli.data import build_eval_transform  # lazy: ONNX predict runs without torch
 
         m = self.meta
         if m.pixels == "float":
@@ -125,12 +120,12 @@ class TorchRunner(Runner):
 
     def stack(self, items: Sequence[Any]) -> Any:
         """Stack transformed images (tensors) into one batch tensor."""
-        import torch
+        import torch  # lazy: keeps start-up torch-free
 
         return torch.stack([torch.as_tensor(item) for item in items])
 
     def logits(self, batch: Any) -> np.ndarray:
-        import torch
+        import torch  # lazy: keeps start-up torch-free
 
         if not isinstance(batch, torch.Tensor):
             batch = torch.from_numpy(np.ascontiguousarray(batch))
@@ -172,8 +167,7 @@ def load_runner(path: str | Path, device: str = "auto") -> Runner:
 
 
 def _load_torch(path: Path, device: str) -> TorchRunner:
-    from astrocli import HAS_PYTORCH
-    from astrocli.checkpoint import load_model_from_checkpoint
+    from astrocli.models.loading import load_model_from_checkpoint  # lazy: ONNX predict runs without torch
 
     if not HAS_PYTORCH:
         raise AstroError(

@@ -26,14 +26,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from astrocli.checkpoint import (
-    CheckpointMeta,
-    atomic_write_bytes,
-    atomic_write_text,
-    check_writable,
-    load_checkpoint,
-)
+from astrocli.checkpoint import CheckpointMeta, load_checkpoint, save_tensors
+from astrocli.data import build_datasets, build_eval_transform
+from astrocli.data.arrays import float_eval_io
 from astrocli.errors import AstroError, first_line
+from astrocli.files import atomic_write_bytes, atomic_write_text, check_writable
+from astrocli.images.load import load_image
+from astrocli.inference.predict import collect_inputs
+from astrocli.models import set_fused_attn
+from astrocli.models.loading import load_model_from_checkpoint
+from astrocli.recipe import recipe_from_dict
 
 FORMATS = ("onnx", "torchscript", "safetensors")
 ONNX_EXPORTERS = ("auto", "dynamo", "torchscript")  # auto: dynamo, falling back to the TorchScript-based one
@@ -103,8 +105,6 @@ def real_inputs(
     """
     load, transform = _eval_io(meta)
     if images:
-        from astrocli.predict import collect_inputs
-
         tensors = []
         for path in collect_inputs(images).files:
             try:
@@ -122,11 +122,7 @@ def real_inputs(
 def _eval_io(meta: CheckpointMeta) -> tuple[Callable[[Any], Any], Callable[[Any], torch.Tensor]]:
     """(read a file, preprocess it) as ``astro predict`` does for this checkpoint."""
     if meta.pixels == "float":  # float arrays (FITS, 16-bit, N bands): the float path's reader
-        from astrocli.data.arrays import float_eval_io
-
         return float_eval_io(meta)
-    from astrocli.data import build_eval_transform
-    from astrocli.predict import load_image
 
     transform = build_eval_transform(
         meta.img_size, meta.crop_pct, meta.interpolation, meta.mean, meta.std, meta.in_chans
@@ -137,9 +133,6 @@ def _eval_io(meta: CheckpointMeta) -> tuple[Callable[[Any], Any], Callable[[Any]
 def _recipe_images(
     meta: CheckpointMeta, transform: Callable[[Any], torch.Tensor], limit: int
 ) -> tuple[torch.Tensor | None, str]:
-    from astrocli.data import build_datasets
-    from astrocli.recipe import recipe_from_dict
-
     try:
         recipe = recipe_from_dict(json.loads(json.dumps(meta.recipe)) if meta.recipe else {})
         recipe.data.download = False
@@ -287,7 +280,6 @@ def export_onnx(
         raise AstroError(
             "ONNX export needs onnx, onnxruntime and onnxscript: pip install 'astrocli[export]'"
         ) from None
-    from astrocli.models import set_fused_attn
 
     references = reference_outputs(model, batches)  # what users of the PyTorch model get
     set_fused_attn(model, False)
@@ -380,8 +372,6 @@ def export_checkpoint(
         CheckpointError: the checkpoint is unreadable or does not fit its architecture (exit 2).
         ExportError: the export failed or the check against PyTorch failed (exit 1; nothing written).
     """
-    from astrocli.checkpoint import load_model_from_checkpoint, save_tensors
-
     checkpoint = Path(checkpoint)
     if fmt not in FORMATS:
         raise AstroError(f"--format '{fmt}' is not one of {', '.join(FORMATS)}")

@@ -22,11 +22,14 @@ from typing import Any
 
 import numpy as np
 
-from astrocli.checkpoint import CheckpointMeta, atomic_write_bytes, atomic_write_text
+from astrocli.calibration import reliability
+from astrocli.checkpoint import CheckpointMeta
 from astrocli.errors import AstroError
-from astrocli.inference import Runner
-from astrocli.metrics import classification_metrics, log_softmax, nll_loss
+from astrocli.files import atomic_write_bytes, atomic_write_text
+from astrocli.inference.runner import Runner
+from astrocli.metrics import classification_metrics, expected_calibration_error, log_softmax, nll_loss
 from astrocli.recipe import Recipe, apply_override, recipe_from_dict
+from astrocli.stats import bootstrap_metrics
 
 
 def eval_recipe(meta: CheckpointMeta, overrides: Sequence[str] = ()) -> Recipe:
@@ -73,11 +76,11 @@ def collect_probabilities(
     With ``tta`` the probabilities of each image and its horizontal flip are averaged (in log
     space, so confident predictions keep an exact loss).
     """
-    log_probs, _, targets = _collect(runner, dataset, batch_size, num_workers, tta, on_batch)
+    log_probs, _, targets = collect_outputs(runner, dataset, batch_size, num_workers, tta, on_batch)
     return log_probs, targets
 
 
-def _collect(
+def collect_outputs(
     runner: Runner,
     dataset: Any,
     batch_size: int = 64,
@@ -87,7 +90,7 @@ def _collect(
     temperature: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`collect_probabilities` plus the log-probabilities of ``logits / temperature``."""
-    import torch
+    import torch  # lazy: keeps start-up torch-free
     from torch.utils.data import DataLoader
 
     from astrocli.data.loader import TransformedDataset
@@ -135,15 +138,13 @@ def evaluate(
     seeded bootstrap 95% intervals ``top1_ci95``, ``macro_f1_ci95``, ``balanced_accuracy_ci95``.
     """
     temperature = getattr(runner.meta, "temperature", 1.0)
-    log_probs, calibrated, targets = _collect(
+    log_probs, calibrated, targets = collect_outputs(
         runner, dataset, batch_size, num_workers, tta, on_batch, temperature
     )
     loss = nll_loss(None, targets, log_probs=log_probs)
     report = classification_metrics(np.exp(log_probs), targets, runner.class_names, loss=loss)
     report.update(calibration_report(np.exp(log_probs), np.exp(calibrated), targets, temperature))
     if ci_resamples > 0:
-        from astrocli.stats import bootstrap_metrics
-
         if len(targets) < 2:
             raise AstroError("--ci needs at least 2 evaluation images")
         intervals = bootstrap_metrics(
@@ -162,9 +163,6 @@ def calibration_report(
 ) -> dict[str, Any]:
     """``temperature`` (the checkpoint's), ``ece_calibrated`` and ``loss_calibrated`` with it, and the
     reliability curves (astrocli/calibration.py) for ``--plot``."""
-    from astrocli.calibration import reliability
-    from astrocli.metrics import expected_calibration_error
-
     return {
         "temperature": float(temperature),
         "ece_calibrated": expected_calibration_error(calibrated, targets),

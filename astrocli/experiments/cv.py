@@ -31,9 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from astrocli.checkpoint import atomic_write_text
 from astrocli.engine.run_dir import RunDir
 from astrocli.errors import AstroError
+from astrocli.experiments.predictions import write_oof, write_predictions
+from astrocli.files import atomic_write_text
 from astrocli.recipe import Recipe
 from astrocli.stats import t_interval
 
@@ -140,7 +141,7 @@ def run_state(run_dir: Path) -> str:
 
 def check_data(base: Recipe, runs: Sequence[CvRun]) -> None:
     """Build the first run's datasets once, so too many folds fail before any training starts."""
-    from astrocli.data import build_datasets
+    from astrocli.data import build_datasets  # lazy: keeps start-up torch-free
 
     build_datasets(run_recipe(base, runs[0]).data)
 
@@ -154,8 +155,7 @@ def run_one(
     say: Callable[[str], None] = print,
 ) -> Path:
     """Train (or resume, or skip) one run of the cv; returns its directory."""
-    from astrocli.engine import train
-    from astrocli.experiments.predictions import write_predictions
+    from astrocli.engine import train  # lazy: keeps start-up torch-free
 
     run_dir = parent / run.name
     state = run_state(run_dir)
@@ -321,8 +321,6 @@ def aggregate(parent: str | Path) -> dict[str, Any]:
         "metrics": metrics,
     }
     atomic_write_text(parent / CV_FILE, json.dumps(report, indent=2) + "\n")
-    from astrocli.experiments.predictions import write_oof
-
     write_oof(parent, runs)  # oof.npz / oof.csv: every finished fold's held-out probabilities (audit --cv)
     return report
 

@@ -25,8 +25,8 @@ import numpy as np
 from PIL import Image
 
 from astrocli.errors import DataError
-from astrocli.imaging import IMAGE_EXTENSIONS, PIL_FILTERS, center_crop, convert_image, shorter_side_size
-from astrocli.scaling import check_scaling, integer_to_unit, scale_image
+from astrocli.images.pil import IMAGE_EXTENSIONS, PIL_FILTERS, center_crop, convert_image, shorter_side_size
+from astrocli.images.scaling import check_scaling, integer_to_unit, scale_image
 
 FITS_EXTENSIONS = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz")
 TIFF_EXTENSIONS = (".tif", ".tiff")
@@ -266,7 +266,7 @@ def resize_short_center_crop(chw: np.ndarray, scale_size: int, crop: int, interp
 class FloatEvalPreprocess:
     """The evaluation transform of the float path: scaled ``[C, H, W]`` -> normalised ``[C, S, S]``.
 
-    The same steps as :class:`astrocli.imaging.EvalPreprocess` (resize the shorter side to
+    The same steps as :class:`astrocli.images.pil.EvalPreprocess` (resize the shorter side to
     ``floor(img_size / crop_pct)``, centre-crop ``img_size``, normalise) on float bands, used by
     train-time checks, ``astro eval`` and ``astro predict`` for checkpoints and ONNX files alike.
     """

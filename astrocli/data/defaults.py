@@ -36,7 +36,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from timm.models.maxxvit import MaxxVit
 
+from astrocli.data import build_datasets
+from astrocli.errors import AstroError, first_line
 from astrocli.recipe import Recipe, given_keys, mark_given
 
 SMALL_IMAGE = 64  # up to this size: pad-and-crop; above: random-resized crop
@@ -349,10 +352,7 @@ def attention_tokens(model: Any, img_size: int) -> int | None:
     tokenizer = getattr(model, "tokenizer", None)
     if tokenizer is not None and hasattr(tokenizer, "sequence_length"):
         return int(tokenizer.sequence_length(img_size))
-    try:
-        from timm.models.maxxvit import MaxxVit
-    except ImportError:  # pragma: no cover - timm is a dependency
-        return None
+
     if isinstance(model, MaxxVit):
         # The transformer stage is the last one (C-C-C-T); its feature map is img_size / reduction.
         reduction = int(model.feature_info[-1]["reduction"])
@@ -377,9 +377,6 @@ def resolve_for_print(recipe: Recipe) -> tuple[Recipe, list[str]]:
     lines saying what was chosen (YAML comments). Reading the data is cheap (file lists, array
     headers; nothing is downloaded); when it is not readable here, the recipe is shown as written.
     """
-    from astrocli.data import build_datasets
-    from astrocli.errors import AstroError, first_line
-
     if recipe.augment.preset == "none":
         return recipe, ["augment.preset none: keys the recipe leaves out keep their fixed defaults"]
     probe = copy.deepcopy(recipe)

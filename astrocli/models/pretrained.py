@@ -35,7 +35,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import timm.models
+import torch
+from timm.models import adapt_input_conv, clean_state_dict, load_state_dict
+
+from astrocli import __version__
+from astrocli.checkpoint import FORMAT, CheckpointMeta
 from astrocli.errors import AstroError, first_line
+from astrocli.images.channels import adapt_channels
+from astrocli.models import adapt_state_dict, list_models
+from astrocli.models.adapt import REL_POS_INDEX
 
 if TYPE_CHECKING:
     import torch
@@ -122,8 +131,6 @@ def pretrained_stats(
     spec: str, model_name: str | None, in_chans: int
 ) -> tuple[list[float], list[float]] | None:
     """The normalisation mean/std the pretrained weights were trained with, per input channel, if known."""
-    from astrocli.data.sources import adapt_channels
-
     config = fetch_config(spec, model_name)
     mean, std = config.get("mean"), config.get("std")
     if not mean or not std:
@@ -206,8 +213,6 @@ def _local_weights(spec: str, model_name: str | None) -> PretrainedWeights:
 
 def _read_state_dict(path: Path, spec: str) -> dict[str, torch.Tensor]:
     """safetensors directly; other formats only through ``torch.load(weights_only=True)`` (timm's helper)."""
-    from timm.models import clean_state_dict, load_state_dict
-
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -237,8 +242,6 @@ def _read_state_dict(path: Path, spec: str) -> dict[str, torch.Tensor]:
 def _astro_config(path: Path) -> dict[str, Any]:
     """An astro checkpoint's metadata as pretrained-cfg keys (empty for other safetensors files)."""
     from safetensors import safe_open
-
-    from astrocli.checkpoint import FORMAT, CheckpointMeta
 
     try:
         with safe_open(str(path), "pt") as handle:
@@ -297,8 +300,6 @@ def _timm_cfg_or_empty(model_name: str) -> dict[str, Any]:
 
 def _timm_cfg(model_name: str | None) -> dict[str, Any]:
     """timm's pretrained cfg of ``timm/<name>[.<tag>]`` (the default tag when none is given)."""
-    import timm.models
-
     name = _timm_name(model_name)
     try:
         cfg = timm.models.get_pretrained_cfg(name)
@@ -326,7 +327,6 @@ def _timm_weights(model_name: str | None) -> PretrainedWeights:
 
 def _url_state_dict(label: str, url: str) -> dict[str, torch.Tensor]:
     """Weights only published at a URL: torch.hub's cache (what timm uses for them)."""
-    import torch
     from huggingface_hub import constants
 
     filename = os.path.basename(url.split("?")[0])
@@ -381,8 +381,6 @@ def _arch_base(name: str) -> str:
 
 
 def _zoo_or_timm(architecture: str) -> str:
-    from astrocli.models import list_models
-
     return architecture if architecture in list_models() else f"timm/{architecture}"
 
 
@@ -409,8 +407,6 @@ def _hub_download(
         RepositoryNotFoundError,
         RevisionNotFoundError,
     )
-
-    from astrocli import __version__
 
     try:
         with _quiet_hub_retries():
@@ -490,8 +486,6 @@ def _unavailable_message(label: str, repo_id: str, revision: str | None, filenam
 
 def adapt_and_load(model: nn.Module, weights: PretrainedWeights, in_chans: int) -> LoadReport:
     """Adapt ``weights`` to ``model`` (timm's filter, sizes, input channels), load what fits, report."""
-    from astrocli.models.adapt import REL_POS_INDEX
-
     original = {k: tuple(v.shape) for k, v in weights.state_dict.items()}
     state_dict = _timm_filter(model, dict(weights.state_dict))
     state_dict = _adapt_sizes(model, state_dict)
@@ -548,8 +542,6 @@ def _timm_filter(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> dict[
 
 def _adapt_sizes(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Absolute position embeddings and relative-position tables resized to the model's image size."""
-    from astrocli.models import adapt_state_dict
-
     try:
         return adapt_state_dict(model, state_dict)
     except ValueError:  # a non-square grid: leave those tensors to be reported as not loaded
@@ -564,8 +556,6 @@ def _adapt_input_convs(
     The stem is named by the model's ``pretrained_cfg['first_conv']`` when it has one (timm models);
     otherwise any 4-D weight that differs only in dimension 1 and has ``in_chans`` there.
     """
-    from timm.models import adapt_input_conv
-
     own = model.state_dict()
     first = getattr(model, "pretrained_cfg", {}).get("first_conv")
     names = {f"{n}.weight" for n in ([first] if isinstance(first, str) else first or [])}
