@@ -299,7 +299,7 @@ def test_bad_input_is_one_line(galaxy_sample_dir, tmp_path, monkeypatch, capsys)
 def test_sixteen_bit_images_are_seen_through_the_recipes_scaling(galaxy_sample_dir, tmp_path) -> None:
     """16-bit PNGs made from real galaxies (pixels x 257): the audit decodes them on the float path and
     its thumbnails show what the model sees, the recipe's minmax scaling (full 0..255 per image)."""
-    from astrocli.experiments.dataview import to_pil
+    from astrocli.images.thumbs import to_pil
 
     root = tmp_path / "data"
     for path in sorted(galaxy_sample_dir.glob("*/*.jpg"))[:20]:

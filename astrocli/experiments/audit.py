@@ -27,12 +27,13 @@ import numpy as np
 from astrocli.data.exclude import read_exclude
 from astrocli.errors import AstroError
 from astrocli.experiments.dataview import DataView, open_view
-from astrocli.experiments.duplicates import DEFAULT_MAX_BITS, HASH_BITS, Pair, exact_pairs, near_pairs
+from astrocli.experiments.duplicates import DEFAULT_MAX_BITS, Pair, exact_pairs, near_pairs
 from astrocli.experiments.embeddings import embedding_neighbours
 from astrocli.experiments.label_issues import rank_label_issues
 from astrocli.experiments.predictions import read_oof
 from astrocli.experiments.scan import ImageFacts, scan_images, skipped_files
 from astrocli.files import atomic_write_text
+from astrocli.images.hashing import HASH_BITS
 from astrocli.recipe import DataConfig
 
 AUDIT_FILE = "audit.json"

@@ -1,24 +1,18 @@
-"""Exact and near-duplicate images: pixel digests, perceptual hashes, and model-embedding neighbours.
+"""Exact and near-duplicate pairs among the hashes of :mod:`astrocli.images.hashing`.
 
-Near duplicates (a copy re-encoded, resized or slightly cropped) are found with imagehash's DCT
-perceptual hash (pHash) at 16x16 = 256 bits, which separates real copies from distinct images far
-better than the common 64-bit hash on small, alike images (galaxies: distinct pairs stay >= 54 bits
-apart, copies <= 24). A crop moves every pixel of a 32-px image, so each image is also hashed after
-trimming 1/32, 1/16 and 3/32 of each border: a pair's distance is the smallest between one image's
-full hash and any trimmed hash of the other. Measured on real images in tests/test_audit.py.
+Exact: equal pixel digests. Near (a copy re-encoded, resized or slightly cropped): a pair's distance
+is the smallest between one image's full perceptual hash and any hash (full or trimmed) of the other,
+at most ``max_bits`` of 256. Measured on real images in tests/test_audit.py.
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
 
-HASH_SIDE = 16  # pHash of 16x16 DCT coefficients: 256 bits
-HASH_BITS = HASH_SIDE * HASH_SIDE
-TRIMS = (0.0, 1 / 32, 1 / 16, 3 / 32)  # share of each border cut before hashing (0: the full image)
+from astrocli.images.hashing import HASH_BITS
+
 DEFAULT_MAX_BITS = 32  # near duplicate: at most this many of 256 bits apart (copies measured <= 24)
 BLOCK = 512  # rows compared at a time: bounds the [BLOCK, N, words] temporary
 
@@ -31,26 +25,6 @@ class Pair:
     b: int
     distance: float
     kind: str  # exact | near | embedding
-
-
-def pixel_digest(img: Image.Image) -> str:
-    """SHA-1 of the decoded pixels (mode, size and bytes): equal for byte-different files of one image."""
-    return hashlib.sha1(f"{img.mode}{img.size}".encode() + img.tobytes()).hexdigest()
-
-
-def perceptual_hashes(img: Image.Image) -> np.ndarray:
-    """pHash of the image and of each trimmed version: uint64 ``[len(TRIMS), HASH_BITS // 64]``."""
-    import imagehash
-
-    gray = img.convert("L")
-    width, height = gray.size
-    rows = []
-    for trim in TRIMS:
-        dx, dy = round(width * trim), round(height * trim)
-        part = gray.crop((dx, dy, width - dx, height - dy)) if trim and width - 2 * dx > 8 else gray
-        bits = imagehash.phash(part, hash_size=HASH_SIDE).hash.reshape(-1)
-        rows.append(np.packbits(bits).view(">u8").astype(np.uint64))
-    return np.stack(rows)
 
 
 def exact_pairs(digests: list[str | None]) -> list[Pair]:

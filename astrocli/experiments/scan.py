@@ -17,10 +17,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from astrocli.experiments.dataview import DataView, to_pil
-from astrocli.experiments.duplicates import TRIMS, perceptual_hashes, pixel_digest
+from astrocli.experiments.dataview import DataView
 from astrocli.images.arrays import is_array_file
+from astrocli.images.hashing import TRIMS, perceptual_hashes, pixel_digest
 from astrocli.images.pil import IMAGE_EXTENSIONS
+from astrocli.images.thumbs import to_pil
 
 
 @dataclass
