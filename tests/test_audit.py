@@ -239,6 +239,9 @@ def test_label_errors_from_out_of_fold_probabilities(tmp_path, monkeypatch, caps
     stamp, before = best.stat().st_mtime_ns, (parent / "oof.csv").read_text()
     (parent / "oof.npz").unlink()
     (parent / "fold1-seed0" / "predictions.npz").unlink()
+    plan = json.loads((parent / "cv_plan.json").read_text())  # as astro 0.3 wrote it: no data.exclude
+    del plan["recipe"]["data"]["exclude"]
+    (parent / "cv_plan.json").write_text(json.dumps(plan))
     code, _, err = run_astro(args, monkeypatch, capsys)
     assert code == 0, err
     assert best.stat().st_mtime_ns == stamp and (parent / "oof.csv").read_text() == before

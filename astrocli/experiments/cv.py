@@ -35,7 +35,7 @@ from astrocli.engine.run_dir import RunDir
 from astrocli.errors import AstroError
 from astrocli.experiments.predictions import write_oof, write_predictions
 from astrocli.files import atomic_write_text
-from astrocli.recipe import Recipe
+from astrocli.recipe import Recipe, recipe_from_dict
 from astrocli.stats import t_interval
 
 PLAN_FILE = "cv_plan.json"
@@ -123,7 +123,7 @@ def write_plan(parent: Path, base: Recipe, folds: int, repeats: int, seeds: int)
     path = parent / PLAN_FILE
     if path.is_file():
         old = json.loads(path.read_text())
-        if old != json.loads(json.dumps(plan)):
+        if not same_plan(old, plan):
             what = [k for k in ("folds", "repeats", "seeds") if old.get(k) != plan[k]] or ["recipe"]
             raise AstroError(
                 f"{parent} holds a cv with a different {', '.join(what)}; resume it with the same "
@@ -132,6 +132,17 @@ def write_plan(parent: Path, base: Recipe, folds: int, repeats: int, seeds: int)
         return
     parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(plan, indent=2) + "\n")
+
+
+def same_plan(old: dict[str, Any], plan: dict[str, Any]) -> bool:
+    """Whether a saved plan is ``plan``; recipe keys added by a later astro (a plan written by an
+    older one lacks them) count as their defaults, so such a cv still resumes."""
+    try:
+        if isinstance(old.get("recipe"), dict):
+            old = {**old, "recipe": recipe_from_dict(old["recipe"]).to_dict()}
+    except AstroError:  # a key this astro no longer knows: not the same plan
+        return False
+    return json.loads(json.dumps(old)) == json.loads(json.dumps(plan))
 
 
 def run_state(run_dir: Path) -> str:
