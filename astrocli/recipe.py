@@ -25,6 +25,7 @@ from typing import Any, Literal
 import yaml
 
 from astrocli.errors import RecipeError, first_line
+from astrocli.redact import redact_url
 
 PACKAGED_RECIPES = Path(__file__).parent / "recipes"
 
@@ -187,7 +188,8 @@ class OutputConfig:
     log: Literal["rich", "quiet", "jsonl"] = "rich"
     # Experiment loggers: csv (metrics.csv, always on), tensorboard, mlflow, wandb (optional extras).
     loggers: list[Literal["csv", "tensorboard", "mlflow", "wandb"]] = field(default_factory=lambda: ["csv"])
-    mlflow_uri: str | None = None  # MLflow tracking URI (MLFLOW_TRACKING_URI wins; default <dir>/mlruns)
+    # MLflow tracking URI (MLFLOW_TRACKING_URI wins; default sqlite:///<dir>/mlflow.db); stored redacted
+    mlflow_uri: str | None = None
     project: str = "astro"  # MLflow experiment / W&B project name
     report: bool = True  # astro train / astro cv write report.html (one self-contained page) at the end
 
@@ -204,9 +206,17 @@ class Recipe:
     train: TrainConfig = field(default_factory=TrainConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
-    def to_dict(self) -> dict[str, Any]:
-        """The recipe as plain data (what ``recipe.yaml`` and checkpoint metadata hold)."""
-        return dataclasses.asdict(self)
+    def to_dict(self, secrets: bool = False) -> dict[str, Any]:
+        """The recipe as plain data (what ``recipe.yaml`` and checkpoint metadata hold).
+
+        A password in ``output.mlflow_uri`` is replaced by ``***`` (astrocli/redact.py): what is
+        written or logged never carries it. ``secrets=True`` keeps it, for a recipe rebuilt in memory
+        (a tuning trial) that must still reach the tracking server.
+        """
+        data = dataclasses.asdict(self)
+        if not secrets:
+            data["output"]["mlflow_uri"] = redact_url(data["output"]["mlflow_uri"])
+        return data
 
     def to_yaml(self) -> str:
         """The fully resolved recipe as YAML."""

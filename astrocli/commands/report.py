@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from astrocli.notices import warn_user
+
 
 def write_end_report(target: Path, enabled: bool, say: bool = True) -> Path | None:
     """The report ``astro train`` / ``astro cv`` write when they finish (``output.report: false`` skips it).
@@ -21,9 +23,7 @@ def write_end_report(target: Path, enabled: bool, say: bool = True) -> Path | No
     try:
         path = write_report(target)
     except (AstroError, OSError) as exc:
-        import warnings
-
-        warnings.warn(f"report.html not written ({exc}); try `astro report {target}`", stacklevel=2)
+        warn_user(f"report.html not written ({exc}); try `astro report {target}`")
         return None
     if say:
         print(f"report: {path}")

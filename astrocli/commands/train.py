@@ -9,6 +9,7 @@ import typer
 
 from astrocli.commands.options import Overrides, RecipeOption
 from astrocli.commands.report import write_end_report
+from astrocli.notices import warn_user
 
 
 def train_command(
@@ -69,7 +70,6 @@ def finish_run(run_dir: Path, say: bool = True) -> None:
     forward pass) and report.html unless ``output.report: false``. Rank 0 only under torchrun; a
     failure here is a warning, since the run itself is complete."""
     import os
-    import warnings
 
     from astrocli.errors import AstroError  # lazy: keeps start-up torch-free
     from astrocli.experiments.predictions import write_predictions
@@ -81,7 +81,7 @@ def finish_run(run_dir: Path, say: bool = True) -> None:
     try:
         write_predictions(run_dir, device=recipe.train.device, force=True)
     except (AstroError, OSError) as exc:
-        warnings.warn(f"predictions.csv not written ({exc})", stacklevel=2)
+        warn_user(f"predictions.csv not written ({exc})")
         return
     write_end_report(run_dir, recipe.output.report, say=say)
 

@@ -87,8 +87,11 @@ def load_source(cfg: DataConfig) -> SourceData:
     return source
 
 
-def build_datasets(cfg: DataConfig) -> DatasetBundle:
+def build_datasets(cfg: DataConfig, follow_bands: bool = False) -> DatasetBundle:
     """Build the train and held-out datasets for ``recipe.data``.
+
+    ``follow_bands``: the recipe left ``data.in_chans`` unset, so float-path data sets it to the
+    images' band count (recorded in ``cfg``, hence in recipe.yaml and the checkpoints).
 
     Resolves the normalisation statistics (the one place that does: ``data.mean``/``data.std`` when
     set, else the source's, or those measured on float data) into ``DatasetBundle.mean/std``, and
@@ -105,6 +108,8 @@ def build_datasets(cfg: DataConfig) -> DatasetBundle:
     # The float path (astrocli.data.arrays): FITS, 16-bit, N bands, scaling; else 8-bit PIL images.
 
     floating = arrays.wants_float(cfg, full_train)
+    if floating and follow_bands:
+        arrays.follow_bands(cfg, full_train)
     cfg.pixels = "float" if floating else "uint8"  # recorded in recipe.yaml and the checkpoints
     reader = arrays.ArrayReader.from_config(cfg) if floating else None
     if floating:

@@ -63,11 +63,22 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
 
 
 def attach_skip_log(bundle: DatasetBundle, path: Path) -> SkipLog:
-    """Send the images skipped while reading ``bundle`` (main process and DataLoader workers) to ``path``."""
+    """Send the images skipped while reading ``bundle`` (main process and DataLoader workers) to ``path``.
+
+    Files already left out when the folders were indexed (PIL could not identify them: a truncated
+    header, a decompression bomb) are written there first; their line was printed then.
+    """
     log = SkipLog(path)
-    for dataset in (bundle.train, bundle.val):
+    known: dict[str, str] = {}
+    for dataset in (bundle.train, bundle.val, bundle.test):
+        known.update(getattr(dataset, "unreadable", None) or [])
         if hasattr(dataset, "skip_log"):  # image-file datasets; array datasets have nothing to skip
             dataset.skip_log = log
+    listed = set(log.new_paths())  # a resumed run's file holds them already
+    for image_path, reason in known.items():
+        if image_path not in listed:
+            log.add(image_path, reason)
+    log.mark_reported(list(known))
     return log
 
 

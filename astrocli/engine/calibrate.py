@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.distributed as dist
 
-from astrocli.calibration import calibration_summary, fit_temperature, write_temperature
+from astrocli.calibration import calibrate_logits, write_temperature
 from astrocli.checkpoint import load_checkpoint
 from astrocli.engine import distributed as ddp
 from astrocli.engine.build import build_model
@@ -49,16 +49,17 @@ def collect_logits(model: Any, batches: Any, device: Any, amp_dtype: Any = None)
     return logits.double().cpu(), targets.cpu()
 
 
-def calibrate_after_training(trainer: Trainer) -> dict[str, float] | None:
+def calibrate_after_training(trainer: Trainer) -> dict[str, Any] | None:
     """Fit ``T`` for the run's ``best`` and ``last`` checkpoints on the validation split and write it.
 
-    Returns the best checkpoint's summary (``temperature``, ``ece``, ``ece_calibrated``), or None
-    when there is nothing to calibrate. Every rank takes part (the logits are gathered).
+    Returns the best checkpoint's :func:`~astrocli.calibration.calibrate_logits` summary
+    (``temperature`` 1 and a ``reason`` when the fit cannot be trusted), or None when there is
+    nothing to calibrate. Every rank takes part (the logits are gathered).
     """
     run_dir = trainer.run_dir
     if len(trainer.eval_batches) == 0:
         return None
-    results: dict[str, dict[str, float]] = {}
+    results: dict[str, dict[str, Any]] = {}
     for name in ("best", "last"):
         path = run_dir / f"{name}.safetensors"
         exists = torch.tensor(float(path.is_file()), device=trainer.device)
@@ -75,9 +76,9 @@ def calibrate_after_training(trainer: Trainer) -> dict[str, float] | None:
         logits, targets = collect_logits(model, trainer.eval_batches, trainer.device, trainer.amp_dtype)
         if len(targets) == 0:
             return None
-        summary = calibration_summary(logits, targets, fit_temperature(logits, targets))
+        summary = calibrate_logits(logits, targets)
         results[name] = summary
         if trainer.dist.is_main:
-            ece = {k: v for k, v in summary.items() if k != "temperature"}
+            ece = {k: summary[k] for k in ("ece", "ece_calibrated")}
             write_temperature(path, summary["temperature"], ece)
     return results.get("best") or results.get("last")

@@ -42,7 +42,7 @@ from astrocli.engine.trainer import StepHook, Trainer
 from astrocli.errors import AstroError
 from astrocli.models import count_params
 from astrocli.models.pretrained import apply_pretrained_stats
-from astrocli.recipe import Recipe
+from astrocli.recipe import Recipe, given_keys
 
 if TYPE_CHECKING:
     from timm.scheduler.scheduler import Scheduler
@@ -158,11 +158,12 @@ def _training_model(
 
 def _load_bundle(recipe: Recipe, dist: ddp.DistInfo) -> DatasetBundle:
     """Build the datasets; under DDP rank 0 first (it may download), then the others."""
+    follow = "data.in_chans" not in given_keys(recipe)  # unset: scientific data gives its band count
     if dist.is_main:
-        bundle = build_datasets(recipe.data)
+        bundle = build_datasets(recipe.data, follow_bands=follow)
     ddp.barrier()
     if not dist.is_main:
-        bundle = build_datasets(recipe.data)
+        bundle = build_datasets(recipe.data, follow_bands=follow)
     return bundle
 
 
@@ -311,7 +312,7 @@ def train(
     loggers = [*(build_loggers(recipe, lambda text: console.warn(text)) if dist.is_main else []), *callbacks]
     ddp.init_distributed(dist, device)
     console = TrainConsole(log or recipe.output.log, enabled=dist.is_main)
-    if resume is not None and overrides:
+    if resume is not None and [o for o in overrides or [] if not o.strip().startswith("output.")]:
         console.warn(
             f"resuming with overrides {' '.join(overrides)}: the learning-rate schedule continues as saved "
             "(extra epochs run at train.min_lr)"

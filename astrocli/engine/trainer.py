@@ -121,7 +121,7 @@ class Trainer:
     train_model: nn.Module = field(init=False)  # DDP and/or torch.compile around ``model``
     compiled: bool | None = None  # train.compile: whether compiling worked (None: not asked)
     stop_signal: int | None = None  # SIGINT/SIGTERM received: stop after this step
-    calibration: dict[str, float] | None = None
+    calibration: dict[str, Any] | None = None
     first_step_announced: bool = False
 
     def __post_init__(self) -> None:
@@ -565,13 +565,15 @@ class Trainer:
 
     # -- after the last epoch ---------------------------------------------------------------------
 
-    def _calibrate(self) -> dict[str, float] | None:
+    def _calibrate(self) -> dict[str, Any] | None:
         """Temperature scaling of ``best``/``last`` on the validation split (astrocli/engine/calibrate.py)."""
         if not self.recipe.train.calibrate:
             return None
 
         result = calibrate_after_training(self)
-        if result:
+        if result and not result["applied"]:
+            self.console.warn(f"calibration not applied, temperature 1 kept: {result['reason']}")
+        elif result:
             self.console.info(
                 f"calibration: temperature {result['temperature']:.3f}, validation ECE "
                 f"{result['ece']:.4f} -> {result['ece_calibrated']:.4f} (stored in the checkpoints)"
@@ -627,7 +629,13 @@ class Trainer:
             "world_size": self.dist.world_size,
             "compiled": bool(self.compiled),  # train.compile worked (False: eager, asked or not)
             "run_dir": str(self.run_dir),
-            **(self.calibration or {}),
+            # The stored temperature and its ECE at the top (as before), the whole decision beside them.
+            **{
+                k: v
+                for k, v in (self.calibration or {}).items()
+                if k in ("temperature", "ece", "ece_calibrated")
+            },
+            **({"calibration": self.calibration} if self.calibration else {}),
         }
         if self.dist.is_main:
             self.files.write_summary(summary)
