@@ -102,6 +102,11 @@ class DataConfig:
     folds: int = 0  # k-fold cross-validation (`astro cv` sets these): folds over train (0 = off)
     fold: int = 0  # the held-out fold (0-based) when data.folds > 0
     fold_repeat: int = 0  # the repeat of repeated k-fold (folds reshuffled with split_seed per repeat)
+    # Lists written by `astro audit --fix` (docs/audit.md): images to leave out of every split (one key
+    # a line: a path under data.root, or <split>:<row> for arrays), and labels to change (CSV key,label).
+    # The data folder itself is never touched.
+    exclude: str | None = None
+    relabel: str | None = None
 
 
 @dataclass
@@ -191,6 +196,7 @@ class OutputConfig:
     # MLflow tracking URI (MLFLOW_TRACKING_URI wins; default sqlite:///<dir>/mlflow.db); stored redacted
     mlflow_uri: str | None = None
     project: str = "astro"  # MLflow experiment / W&B project name
+    report: bool = True  # astro train / astro cv write report.html (one self-contained page) at the end
 
 
 @dataclass

@@ -22,6 +22,7 @@ import numpy as np
 
 from astrocli.data import arrays
 from astrocli.data.base import SourceData
+from astrocli.data.exclude import apply_lists
 from astrocli.errors import DataError
 from astrocli.images.channels import adapt_channels
 from astrocli.recipe import DataConfig
@@ -77,7 +78,13 @@ def load_source(cfg: DataConfig) -> SourceData:
         raise DataError(f"unknown data.source '{cfg.source}'; choose one of: {', '.join(SOURCES)}")
     module_name, function_name = SOURCES[cfg.source].split(":")
     source_fn = getattr(importlib.import_module(module_name), function_name)
-    return source_fn(cfg)
+    source = source_fn(cfg)
+    if cfg.exclude or cfg.relabel:  # `astro audit --fix` lists, applied to every split as it is built
+        source.splits = {
+            name: (lambda build=build, name=name: apply_lists(build(), cfg, name, source.class_names))
+            for name, build in source.splits.items()
+        }
+    return source
 
 
 def build_datasets(cfg: DataConfig, follow_bands: bool = False) -> DatasetBundle:

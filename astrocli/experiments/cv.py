@@ -33,8 +33,9 @@ from typing import Any
 
 from astrocli.engine.run_dir import RunDir
 from astrocli.errors import AstroError, OutputError, write_error
+from astrocli.experiments.predictions import write_oof, write_predictions
 from astrocli.files import atomic_write_text
-from astrocli.recipe import Recipe
+from astrocli.recipe import Recipe, recipe_from_dict
 from astrocli.redact import redact_url
 from astrocli.stats import t_interval
 
@@ -133,7 +134,7 @@ def write_plan(parent: Path, base: Recipe, folds: int, repeats: int, seeds: int)
 def _write_plan(parent: Path, path: Path, plan: dict[str, Any]) -> None:
     if path.is_file():
         old = json.loads(path.read_text())
-        if old != json.loads(json.dumps(plan)):
+        if not same_plan(old, plan):
             what = [k for k in ("folds", "repeats", "seeds") if old.get(k) != plan[k]] or ["recipe"]
             raise AstroError(
                 f"{parent} holds a cv with a different {', '.join(what)}; resume it with the same "
@@ -142,6 +143,17 @@ def _write_plan(parent: Path, path: Path, plan: dict[str, Any]) -> None:
         return
     parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(plan, indent=2) + "\n")
+
+
+def same_plan(old: dict[str, Any], plan: dict[str, Any]) -> bool:
+    """Whether a saved plan is ``plan``; recipe keys added by a later astro (a plan written by an
+    older one lacks them) count as their defaults, so such a cv still resumes."""
+    try:
+        if isinstance(old.get("recipe"), dict):
+            old = {**old, "recipe": recipe_from_dict(old["recipe"]).to_dict()}
+    except AstroError:  # a key this astro no longer knows: not the same plan
+        return False
+    return json.loads(json.dumps(old)) == json.loads(json.dumps(plan))
 
 
 def run_state(run_dir: Path) -> str:
@@ -171,15 +183,19 @@ def run_one(
     state = run_state(run_dir)
     if state == "done":
         say(f"{run.name}: finished earlier, kept")
-        return run_dir
-    if state == "resumable":
+    elif state == "resumable":
         say(f"{run.name}: resuming")
         # The run's recipe.yaml holds a tracking URL without its password: give the real one back.
         uri = base.output.mlflow_uri
         again = [f"output.mlflow_uri={uri}"] if uri and redact_url(uri) != uri else []
-        return train(resume_dir=run_dir, overrides=again, log=log, step_hook=step_hook)
-    say(f"{run.name}: training")
-    return train(run_recipe(base, run), run_dir=run_dir, log=log, step_hook=step_hook)
+        train(resume_dir=run_dir, overrides=again, log=log, step_hook=step_hook)
+    else:
+        say(f"{run.name}: training")
+        train(run_recipe(base, run), run_dir=run_dir, log=log, step_hook=step_hook)
+    # The fold model's probabilities on its held-out fold: the out-of-fold rows of oof.npz (kept on
+    # a re-run; a run finished by an older astro gets them now, without retraining).
+    write_predictions(run_dir, device=base.train.device)
+    return run_dir
 
 
 def run_cv(
@@ -341,6 +357,7 @@ def aggregate(parent: str | Path, write: bool = True) -> dict[str, Any]:
     }
     if write:
         atomic_write_text(parent / CV_FILE, json.dumps(report, indent=2) + "\n")
+        write_oof(parent, runs)  # oof.npz, oof.csv: held-out probabilities (audit --cv)
     return report
 
 
