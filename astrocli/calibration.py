@@ -33,6 +33,10 @@ from astrocli.files import atomic_write_bytes
 from astrocli.metrics import ECE_BINS, expected_calibration_error, softmax, to_numpy
 
 T_RANGE = (0.05, 20.0)  # a temperature outside this means the fit went wrong: clamp
+# Below these a fitted temperature says more about the few images than about the model (a T of 20
+# fitted on 10 images made every prediction 0.10 over 10 classes): T = 1 is kept instead.
+MIN_IMAGES = 50
+MIN_MISTAKES = 5
 
 
 def fit_temperature(logits: Any, targets: Any, max_iter: int = 100) -> float:
@@ -77,6 +81,51 @@ def calibration_summary(logits: Any, targets: Any, temperature: float) -> dict[s
     }
 
 
+def _refusal(num_images: int, mistakes: int) -> str | None:
+    if num_images < MIN_IMAGES:
+        return f"{num_images} held-out images are too few to fit a temperature on (at least {MIN_IMAGES})"
+    if mistakes < MIN_MISTAKES:
+        return (
+            f"{mistakes} mistakes among {num_images} held-out images are too few to fit on "
+            f"(at least {MIN_MISTAKES})"
+        )
+    return None
+
+
+def calibrate_logits(logits: Any, targets: Any) -> dict[str, Any]:
+    """Fit ``T`` on these held-out logits and keep it only when it can be trusted; else ``T = 1``.
+
+    ``T = 1`` (``applied: False`` and the ``reason``) when there are fewer than :data:`MIN_IMAGES`
+    images or :data:`MIN_MISTAKES` mistakes, when the fit ends at a bound of :data:`T_RANGE`, or when
+    it does not lower the ECE of these same images (the NLL optimum need not lower the ECE).
+    Returns ``temperature`` (the one to store), ``applied``, ``reason``, ``fitted_temperature``,
+    ``ece``, ``ece_calibrated`` (at the stored ``T``), ``num_images`` and ``mistakes``.
+    """
+    z, y = to_numpy(logits).astype(np.float64), to_numpy(targets).astype(np.int64)
+    mistakes = int((z.argmax(axis=1) != y).sum()) if len(y) else 0
+    reason = _refusal(len(y), mistakes)
+    fitted = fit_temperature(z, y) if reason is None else 1.0
+    fit = calibration_summary(z, y, fitted)
+    if reason is None and not T_RANGE[0] * 1.001 < fitted < T_RANGE[1] * 0.999:
+        reason = f"the fitted temperature {fitted:.3g} is at the bound of {T_RANGE[0]:g}..{T_RANGE[1]:g}"
+    if reason is None and not fit["ece_calibrated"] < fit["ece"]:
+        reason = (
+            f"temperature {fitted:.3g} does not lower the held-out ECE "
+            f"({fit['ece']:.4f} -> {fit['ece_calibrated']:.4f})"
+        )
+    applied = reason is None
+    return {
+        "temperature": fitted if applied else 1.0,
+        "applied": applied,
+        "reason": reason,
+        "fitted_temperature": fitted,
+        "ece": fit["ece"],
+        "ece_calibrated": fit["ece_calibrated"] if applied else fit["ece"],
+        "num_images": int(len(y)),
+        "mistakes": mistakes,
+    }
+
+
 def reliability(probs: Any, targets: Any, n_bins: int = ECE_BINS) -> dict[str, list[float]]:
     """Per-bin mean confidence, accuracy and count (the bins of :func:`expected_calibration_error`)."""
     p, t = to_numpy(probs).astype(np.float64), to_numpy(targets).astype(np.int64)
@@ -98,29 +147,46 @@ def reliability_path(plot: str | Path) -> Path:
     return plot.with_name(f"{plot.stem}-reliability.png")
 
 
-def plot_reliability(report: dict[str, Any], path: str | Path) -> None:
-    """Atomically save the reliability diagram (accuracy against confidence per bin, raw and calibrated)."""
+def reliability_figure(report: dict[str, Any]) -> Any:
+    """Accuracy against confidence per bin, raw and calibrated; each point labelled with its image
+    count, so that a bin of one image is not read as a real dip."""
     import matplotlib  # matplotlib loads only to draw
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 5))
+    ax.plot([0, 1], [0, 1], color="gray", linestyle="--", label="perfect calibration")
+    curves = [("raw", report["reliability"], report["ece"], 7)]
+    if "reliability_calibrated" in report:
+        label = f"T = {report['temperature']:.3g}"
+        curves.append((label, report["reliability_calibrated"], report["ece_calibrated"], -12))
+    for label, curve, ece, offset in curves:
+        columns = zip(curve["confidence"], curve["accuracy"], curve["count"], strict=True)
+        points = [(c, a, n) for c, a, n in columns if n]
+        if not points:
+            continue
+        (line,) = ax.plot(
+            [p[0] for p in points], [p[1] for p in points], marker="o", label=f"{label} (ECE {ece:.3f})"
+        )
+        for c, a, n in points:
+            ax.annotate(
+                str(n), (c, a), textcoords="offset points", xytext=(0, offset), ha="center",
+                fontsize=7, color=line.get_color(),
+            )  # fmt: skip
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top-1 probability)", ylabel="accuracy")
+    ax.set_title(f"{report.get('model', '')}: reliability (n={report['num_samples']}; images per bin)")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def plot_reliability(report: dict[str, Any], path: str | Path) -> None:
+    """Atomically save the reliability diagram (:func:`reliability_figure`) as PNG."""
+    fig = reliability_figure(report)  # selects the Agg backend before pyplot is imported here
+    import matplotlib.pyplot as plt
+
     try:
-        ax.plot([0, 1], [0, 1], color="gray", linestyle="--", label="perfect calibration")
-        curves = [("raw", report["reliability"], report["ece"])]
-        if "reliability_calibrated" in report:
-            label = f"T = {report['temperature']:.3g}"
-            curves.append((label, report["reliability_calibrated"], report["ece_calibrated"]))
-        for label, curve, ece in curves:
-            columns = zip(curve["confidence"], curve["accuracy"], curve["count"], strict=True)
-            points = [(c, a) for c, a, n in columns if n]
-            if points:
-                ax.plot(*zip(*points, strict=True), marker="o", label=f"{label} (ECE {ece:.3f})")
-        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top-1 probability)", ylabel="accuracy")
-        ax.set_title(f"{report.get('model', '')}: reliability (n={report['num_samples']})")
-        ax.legend(loc="upper left")
-        fig.tight_layout()
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=120)
     finally:

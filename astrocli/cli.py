@@ -38,6 +38,8 @@ COMMAND_MODULES = (
     "train",
     "cv",
     "tune",
+    "audit",
+    "report",
     "eval",
     "compare",
     "predict",

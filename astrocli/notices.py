@@ -1,5 +1,8 @@
 """Warnings meant for the person at the console, and the skipped-image log.
 
+* :func:`warn_user`: one ``warning: ...`` line on stderr, written directly: astro's own messages do
+  not go through Python's warnings filter, so ``PYTHONWARNINGS=ignore`` (often set to silence
+  library noise) cannot hide them. Skipped images are told this way.
 * :class:`AstroWarning` (a ``UserWarning``): library code warns with it as usual; the CLI installs
   :func:`install_warning_printer`, which prints it as one ``warning: ...`` line instead of Python's
   ``file:line: UserWarning: ...`` followed by the source line. Other warnings print as Python does.
@@ -44,6 +47,17 @@ def skipped_images_line(
     return f"{count} unreadable {noun}{under} skipped: {listed}{more}"
 
 
+def warn_user(text: str, stream: TextIO | None = None) -> None:
+    """Write ``warning: TEXT`` as one line on ``stream`` (default stderr), whatever the warnings filter."""
+    out = stream or sys.stderr
+    label = "\x1b[33mwarning:\x1b[0m" if getattr(out, "isatty", lambda: False)() else "warning:"
+    try:
+        out.write(f"{label} {' '.join(str(text).split())}\n")
+        out.flush()
+    except (OSError, ValueError):  # stderr closed: nothing to tell
+        pass
+
+
 class SkipLog:
     """Images skipped while reading, from this process and from DataLoader workers.
 
@@ -64,6 +78,10 @@ class SkipLog:
                 handle.write(line)
         except OSError:
             pass
+
+    def mark_reported(self, paths: Sequence[str]) -> None:
+        """Count ``paths`` as told already (their line was printed when the folder was indexed)."""
+        self._reported.update(paths)
 
     def new_paths(self) -> list[str]:
         """Paths skipped since the last call, each once, in the order they were first logged."""

@@ -25,6 +25,7 @@ from typing import Any, Literal
 import yaml
 
 from astrocli.errors import RecipeError, first_line
+from astrocli.redact import redact_url
 
 PACKAGED_RECIPES = Path(__file__).parent / "recipes"
 
@@ -101,6 +102,11 @@ class DataConfig:
     folds: int = 0  # k-fold cross-validation (`astro cv` sets these): folds over train (0 = off)
     fold: int = 0  # the held-out fold (0-based) when data.folds > 0
     fold_repeat: int = 0  # the repeat of repeated k-fold (folds reshuffled with split_seed per repeat)
+    # Lists written by `astro audit --fix` (docs/audit.md): images to leave out of every split (one key
+    # a line: a path under data.root, or <split>:<row> for arrays), and labels to change (CSV key,label).
+    # The data folder itself is never touched.
+    exclude: str | None = None
+    relabel: str | None = None
 
 
 @dataclass
@@ -135,6 +141,9 @@ class TrainConfig:
     """Optimisation, schedule and execution."""
 
     epochs: int = 10
+    # minutes: a time budget instead of train.epochs (planned from the first epoch's measured time;
+    # train.epochs then shapes only the first epoch's schedule; astrocli/engine/budget.py)
+    time: float | None = None
     batch_size: int = 128  # per process
     optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = 5e-4
@@ -154,7 +163,9 @@ class TrainConfig:
     # channels-last memory format: auto = on where benchmarks/memory_format.py measured it faster
     # (astrocli/data/defaults.py: CHANNELS_LAST_CPU); the run's recipe records what auto chose
     channels_last: bool | Literal["auto"] = "auto"
-    compile: bool = False
+    # torch.compile: auto (CUDA yes; the CPU only for models measured faster, engine/compiling.py),
+    # true or false; a failing compile trains eagerly with one warning
+    compile: Literal["auto"] | bool = "auto"
     ema: bool = False
     ema_decay: float = 0.9998
     seed: int = 0
@@ -184,8 +195,10 @@ class OutputConfig:
     log: Literal["rich", "quiet", "jsonl"] = "rich"
     # Experiment loggers: csv (metrics.csv, always on), tensorboard, mlflow, wandb (optional extras).
     loggers: list[Literal["csv", "tensorboard", "mlflow", "wandb"]] = field(default_factory=lambda: ["csv"])
-    mlflow_uri: str | None = None  # MLflow tracking URI (MLFLOW_TRACKING_URI wins; default <dir>/mlruns)
+    # MLflow tracking URI (MLFLOW_TRACKING_URI wins; default sqlite:///<dir>/mlflow.db); stored redacted
+    mlflow_uri: str | None = None
     project: str = "astro"  # MLflow experiment / W&B project name
+    report: bool = True  # astro train / astro cv write report.html (one self-contained page) at the end
 
 
 @dataclass
@@ -200,9 +213,17 @@ class Recipe:
     train: TrainConfig = field(default_factory=TrainConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
-    def to_dict(self) -> dict[str, Any]:
-        """The recipe as plain data (what ``recipe.yaml`` and checkpoint metadata hold)."""
-        return dataclasses.asdict(self)
+    def to_dict(self, secrets: bool = False) -> dict[str, Any]:
+        """The recipe as plain data (what ``recipe.yaml`` and checkpoint metadata hold).
+
+        A password in ``output.mlflow_uri`` is replaced by ``***`` (astrocli/redact.py): what is
+        written or logged never carries it. ``secrets=True`` keeps it, for a recipe rebuilt in memory
+        (a tuning trial) that must still reach the tracking server.
+        """
+        data = dataclasses.asdict(self)
+        if not secrets:
+            data["output"]["mlflow_uri"] = redact_url(data["output"]["mlflow_uri"])
+        return data
 
     def to_yaml(self) -> str:
         """The fully resolved recipe as YAML."""
@@ -389,6 +410,7 @@ CONSTRAINTS: dict[str, Constraint] = {
     "augment.mixup_off_epoch": NON_NEGATIVE,
     "augment.label_smoothing": _in_range(0.0, 1.0, high_open=True),
     "train.epochs": POSITIVE,
+    "train.time": POSITIVE,
     "train.batch_size": POSITIVE,
     "train.lr": POSITIVE,
     "train.weight_decay": NON_NEGATIVE,

@@ -78,6 +78,12 @@ def _image_metrics(preds: np.ndarray, targets: np.ndarray, num_classes: int) -> 
 BOOTSTRAP_METRICS = ("top1", "macro_f1", "balanced_accuracy")
 
 
+def image_scores(preds: Any, targets: Any, num_classes: int) -> list[float]:
+    """Top-1, macro-F1 and balanced accuracy (percent) of ``preds`` (the order of BOOTSTRAP_METRICS)."""
+    p, t = np.asarray(preds, dtype=np.int64), np.asarray(targets, dtype=np.int64)
+    return [float(v) for v in _image_metrics(p, t, num_classes)]
+
+
 def bootstrap_metrics(
     preds: Any, targets: Any, num_classes: int, resamples: int = 1000, seed: int = 0
 ) -> dict[str, list[float]]:
@@ -101,3 +107,83 @@ def bootstrap_metrics(
     )
     low, high = result.confidence_interval
     return {name: [float(low[i]), float(high[i])] for i, name in enumerate(BOOTSTRAP_METRICS)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Two models on the same images: paired bootstrap, McNemar, paired permutation
+# ---------------------------------------------------------------------------------------------
+
+
+def mcnemar_exact(correct_a: Any, correct_b: Any) -> dict[str, Any]:
+    """Exact McNemar test of ``a`` and ``b`` being right equally often on the same images.
+
+    Only the discordant images count: ``b01`` (a right, b wrong) and ``b10`` (a wrong, b right); under
+    the null each is a fair coin, so the two-sided p is the exact binomial test of ``b01`` successes
+    in ``b01 + b10`` draws at 0.5 (scipy.stats.binomtest). No discordant image: p = 1.
+    """
+    from scipy import stats
+
+    a, b = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
+    only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
+    n = only_a + only_b
+    p = 1.0 if n == 0 else float(stats.binomtest(only_a, n, 0.5).pvalue)
+    return {"a_only_right": only_a, "b_only_right": only_b, "p": p}
+
+
+def _differences(pa: np.ndarray, pb: np.ndarray, t: np.ndarray, num_classes: int) -> np.ndarray:
+    return _image_metrics(pa, t, num_classes) - _image_metrics(pb, t, num_classes)
+
+
+def paired_bootstrap(
+    preds_a: Any, preds_b: Any, targets: Any, num_classes: int, resamples: int = 2000, seed: int = 0
+) -> dict[str, dict[str, Any]]:
+    """``a - b`` for top-1, macro-F1 and balanced accuracy (percent) on the same images, each with a
+    seeded percentile-bootstrap 95% interval: every resample draws the images with replacement and
+    scores *both* models on that draw, so what the images share cancels (the pairing).
+
+    The p-value: exact McNemar for top-1 (:func:`mcnemar_exact`); a paired permutation test for
+    macro-F1 and balanced accuracy (each image's two predictions swapped at random under the null,
+    scipy.stats.permutation_test), which are not sums over images.
+    """
+    pa, pb = np.asarray(preds_a, dtype=np.int64), np.asarray(preds_b, dtype=np.int64)
+    t = np.asarray(targets, dtype=np.int64)
+    if not len(pa) == len(pb) == len(t):
+        raise ValueError(f"paired predictions need equal lengths, got {len(pa)}, {len(pb)}, {len(t)}")
+    if len(t) < 2:
+        raise ValueError("a paired bootstrap needs at least 2 images")
+    rng = np.random.default_rng(seed)
+    draws = np.stack(
+        [_differences(pa[i], pb[i], t[i], num_classes) for i in rng.integers(0, len(t), (resamples, len(t)))]
+    )
+    observed = _differences(pa, pb, t, num_classes)
+    low, high = np.percentile(draws, [100 * (1 - CONFIDENCE) / 2, 100 * (1 + CONFIDENCE) / 2], axis=0)
+    p_values = [mcnemar_exact(pa == t, pb == t)["p"], *_permutation_p(pa, pb, t, num_classes, seed)]
+    return {
+        name: {"difference": float(observed[i]), "ci95": [float(low[i]), float(high[i])], "p": p_values[i]}
+        for i, name in enumerate(BOOTSTRAP_METRICS)
+    }
+
+
+def _permutation_p(
+    pa: np.ndarray, pb: np.ndarray, t: np.ndarray, num_classes: int, seed: int, resamples: int = 2000
+) -> list[float]:
+    """Two-sided paired-permutation p of macro-F1 and balanced accuracy (a and b exchangeable per image)."""
+    from scipy import stats
+
+    p_values = []
+    for column in (1, 2):  # scipy's permutation test takes one statistic at a time
+
+        def statistic(x: np.ndarray, y: np.ndarray, column: int = column) -> float:
+            return float(_differences(x, y, t, num_classes)[column])
+
+        result = stats.permutation_test(
+            (pa, pb),
+            statistic,
+            permutation_type="samples",
+            vectorized=False,
+            n_resamples=resamples,
+            alternative="two-sided",
+            rng=np.random.default_rng(seed),
+        )
+        p_values.append(float(result.pvalue))
+    return p_values

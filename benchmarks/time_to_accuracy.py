@@ -48,6 +48,7 @@ from gpu_check import extract_cifar  # noqa: E402
 FULL_RECIPE_EPOCHS = 300 + 10  # cifar10_cct_7_3x1: 300 epochs + 10 of cooldown (timm's rule)
 SMOKE_OVERRIDES = [
     "model.name=cct_2_3x2_32",
+    "train.time=null",  # the fast recipe's budget: the smoke run's 2 epochs are fixed
     "train.epochs=2",
     "train.warmup_epochs=1",
     "train.cooldown_epochs=0",
@@ -79,6 +80,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="reuse a tensor cache left by an earlier run (default: a fresh one, so its build is timed)",
     )
     parser.add_argument("--smoke", action="store_true", help="CPU, a few real images, 2 tiny epochs")
+    parser.add_argument(
+        "--test-if-stopped",
+        action="store_true",
+        help="when --max-minutes stops the run, score its best checkpoint on the test split (astro eval)",
+    )
     parser.add_argument("overrides", nargs="*", help="recipe overrides KEY=VALUE (after --)")
     return parser.parse_args(argv)
 
@@ -185,6 +191,22 @@ def plot_curve(path: Path, curve: list[dict[str, Any]], target: float, title: st
     return None
 
 
+def score_test_at_stop(run_dir: Path, env: dict[str, str]) -> dict[str, Any]:
+    """``astro eval`` of the stopped run's best checkpoint on the test split: the top-1 of a run cut
+    short, labelled so (the run itself scores the test split only when it finishes)."""
+    best = run_dir / "best.safetensors"
+    if not best.is_file():
+        return {"error": "no best.safetensors yet"}
+    report = run_dir / "test_at_stop.json"
+    cmd = [sys.executable, "-m", "astrocli", "eval", str(best), "data.split=test", "--json", str(report),
+           "--batch-size", "1024"]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0 or not report.is_file():
+        return {"error": (proc.stderr or proc.stdout).strip()[-300:]}
+    data = json.loads(report.read_text())
+    return {"test_top1": data.get("top1"), "command": shlex.join(["python", *cmd[1:]])}
+
+
 def device_and_torch() -> tuple[str, str]:
     import torch
 
@@ -208,6 +230,11 @@ def markdown(r: dict[str, Any]) -> str:
     ]
     if r.get("test"):
         lines += [f"Test split, scored once at the end: {r['test']}", ""]
+    if r.get("test_at_stop"):
+        lines += [
+            f"Stopped at the time limit; its best checkpoint on the test split: {r['test_at_stop']}",
+            "",
+        ]
     lines += ["| epoch | minutes | top-1 % | images/s |", "|---|---|---|---|"]
     lines += [
         f"| {c['epoch']} | {c['minutes']:.2f} | {c['val_top1']:.2f} | {c['img_per_s']:,.0f} |"
@@ -291,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "run_dir": str(run_dir) if run_dir else None,
     }
+    if args.test_if_stopped and run["stopped_at_limit"] and run_dir is not None:
+        result["test_at_stop"] = score_test_at_stop(run_dir, env)
     result["plot_note"] = (
         plot_curve(args.out / "curve.png", curve, args.target, f"{args.recipe} on {device}")
         if curve

@@ -110,13 +110,17 @@ def make_step(model, optimizer, device: torch.device, amp: bool):
     return step
 
 
-def try_compile(model: torch.nn.Module, step_check, backend: str = "inductor") -> tuple[torch.nn.Module, str]:
+def try_compile(
+    model: torch.nn.Module, step_check, backend: str = "inductor", mode: str | None = None
+) -> tuple[torch.nn.Module, str]:
     """``torch.compile`` the model, proven by one real step; on failure say why and stay eager.
 
-    ``backend="eager"`` runs dynamo's graph capture without code generation (CPU smoke runs).
+    ``backend="eager"`` runs dynamo's graph capture without code generation (CPU smoke runs);
+    ``mode`` (inductor's: ``reduce-overhead`` for CUDA graphs, ``max-autotune``...) only with inductor.
     """
     try:
-        compiled = torch.compile(model, backend=backend)
+        kwargs = {"mode": mode} if mode and backend == "inductor" else {}
+        compiled = torch.compile(model, backend=backend, **kwargs)
         step_check(compiled)
         return compiled, "compiled"
     except Exception as exc:  # inductor raises many kinds (missing compiler, unsupported op, ...)
@@ -156,7 +160,7 @@ def interleaved_rounds(
         for name, iterator in iterators.items():
             speeds[name].append(timed_steps(step, iterator, steps, device, total))
     if not math.isfinite(total.item()):
-        raise SystemExit("the loss became non-finite: the benchmark's step is broken")
+        raise RuntimeError("the loss became non-finite: the benchmark's step is broken")
     return speeds
 
 
@@ -232,6 +236,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="take the augmentation from this recipe (e.g. cifar10_cct_7_3x1) instead of the options above",
     )
     parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend")
+    parser.add_argument("--compile-mode", default=None, help="torch.compile mode (inductor only)")
     parser.add_argument("--out", type=Path)
     return parser.parse_args(argv)
 
@@ -314,6 +319,7 @@ def measure(args: argparse.Namespace, peak: tuple[float, str] | None = None) -> 
             model,
             lambda m: make_step(m, optimizer, device, amp)(synthetic_images, synthetic_targets),
             args.compile_backend,
+            args.compile_mode,
         )
     step = make_step(model, optimizer, device, amp)
 

@@ -210,7 +210,7 @@ def test_local_mlflow_store_is_under_output_dir(tmp_path: Path, monkeypatch: pyt
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     recipe = load_recipe("quickstart", tiny_overrides(tmp_path))
-    assert mlflow_tracking_uri(recipe) == (tmp_path / "mlruns").resolve().as_uri()
+    assert mlflow_tracking_uri(recipe) == f"sqlite:///{(tmp_path / 'mlflow.db').resolve()}"
     recipe.output.mlflow_uri = "http://127.0.0.1:1"
     assert mlflow_tracking_uri(recipe) == "http://127.0.0.1:1"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:2")

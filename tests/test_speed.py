@@ -105,10 +105,12 @@ def test_persistent_workers_train_the_same_weights_and_resume_exactly(
 
 
 def test_calibration_reuses_the_last_evaluation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No extra pass over the validation split after training: the temperatures come from the logits
-    the last evaluations kept, and equal a fresh pass over the checkpoints' weights."""
+    """No extra pass over the validation split after training: the calibration decides from the
+    logits the last evaluations kept, exactly as from a fresh pass over the checkpoints' weights."""
+    import json
+
     import astrocli.engine.calibrate as calibration
-    from astrocli.calibration import fit_temperature
+    from astrocli.calibration import calibrate_logits
     from astrocli.data import build_datasets
     from astrocli.data.pipeline import build_eval_batches
     from astrocli.engine.build import build_model
@@ -116,19 +118,23 @@ def test_calibration_reuses_the_last_evaluation(tmp_path: Path, monkeypatch: pyt
     passes = []
     collect = calibration.collect_logits
     monkeypatch.setattr(calibration, "collect_logits", lambda *a, **k: passes.append(1) or collect(*a, **k))
-    overrides = tiny_digits_overrides(tmp_path, "cal", **{"train.calibrate": True, "data.val_fraction": 0.1})
+    overrides = tiny_digits_overrides(tmp_path, "cal", **{"train.calibrate": True, "data.val_fraction": 0.3})
     run = train(load_recipe(None, overrides))
     assert passes == []
     recipe = load_recipe(run / "recipe.yaml")
     bundle = build_datasets(recipe.data)
     batches = build_eval_batches(bundle.val, recipe, torch.device("cpu"), mean=bundle.mean, std=bundle.std)
+    fresh = {}
     for name in ("best", "last"):
         state, meta = load_checkpoint(run / f"{name}.safetensors")
         model = build_model(recipe, bundle.num_classes, load_weights=False)
         model.load_state_dict(state)
-        logits, targets = collect(model, batches, torch.device("cpu"))
-        expected = fit_temperature(logits, targets)
-        assert meta.temperature == pytest.approx(expected, rel=1e-6)
+        fresh[name] = calibrate_logits(*collect(model, batches, torch.device("cpu")))
+        assert meta.temperature == pytest.approx(fresh[name]["temperature"], rel=1e-6)
+    stored = json.loads((run / "summary.json").read_text())["calibration"]
+    assert fresh["best"]["num_images"] == len(bundle.val) > 0
+    for key in ("fitted_temperature", "ece", "ece_calibrated", "mistakes", "num_images"):
+        assert stored[key] == pytest.approx(fresh["best"][key], rel=1e-6), key
 
 
 @pytest.mark.parametrize(

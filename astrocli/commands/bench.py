@@ -128,9 +128,10 @@ def _bench_models(names: list[str], **settings: Any) -> list[dict[str, Any]]:
 
 
 def _models_title(batch_size: int, device: torch.device, throughput: bool) -> str:
-    """The model table's title: what was measured where."""
-    title = f"MACs/FLOPs per image; throughput at batch {batch_size} on {device}"
+    """The model table's title: what was measured where (throughput only when it was measured)."""
+    title = "MACs/FLOPs per image"
     if throughput:  # say what the peak-memory column measures (peak_mem_kind in json/csv)
+        title += f"; throughput at batch {batch_size} on {device}"
         title += (
             "; peak mem: CUDA max allocated"
             if device.type == "cuda"

@@ -39,14 +39,19 @@ def comparison_table(report: dict[str, Any]) -> Any:
     table = Table(title=f"A = {escape(report['a'])}   B = {escape(report['b'])}", header_style="bold")
     for name in ("metric", "A", "B", "A - B"):
         table.add_column(name, justify="left" if name == "metric" else "right")
-    if report["kind"] == "cv":
-        table.add_column("95% CI of A - B", justify="right")
-        table.add_column("excludes 0", justify="center")
+    table.add_column("95% CI of A - B", justify="right")
+    table.add_column("p" if report["kind"] == "runs" else "excludes 0", justify="center")
     for key, row in report["metrics"].items():
         d = _digits(key)
         if report["kind"] == "runs":
+            lo, hi = row["ci95"]
             table.add_row(
-                _label(key), f"{row['a']:.{d}f}", f"{row['b']:.{d}f}", f"{row['difference']:+.{d}f}"
+                _label(key),
+                f"{row['a']:.{d}f}",
+                f"{row['b']:.{d}f}",
+                f"{row['difference']:+.{d}f}",
+                f"\\[{lo:+.{d}f}, {hi:+.{d}f}]",
+                f"{row['p']:.3g}",
             )
             continue
         diff = row["difference"]
@@ -74,16 +79,26 @@ def compare_command(
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Also write the comparison to this JSON file.")
     ] = None,
+    partial: Annotated[
+        bool,
+        typer.Option("--partial", help="Two cvs: pair the runs both have finished, even if some have not."),
+    ] = False,
 ) -> None:
-    """Compare two runs, two cv folders (paired differences with a 95% CI), or a cv with its target."""
+    """Compare two runs or two cv folders (paired differences with a 95% CI), or a cv with its target."""
     from astrocli.experiments.compare import compare_paths, dumps  # lazy: keeps start-up torch-free
-    from astrocli.files import atomic_write_text
+    from astrocli.files import atomic_write_text, check_writable
 
-    report = compare_paths(a, b)
+    if json_path is not None:
+        check_writable(json_path)
+    report = compare_paths(a, b, partial=partial)
     console = make_console(highlight=False)
     console.print(comparison_table(report))
     if report["kind"] == "cv":
-        console.print(f"paired over {len(report['paired_runs'])} runs (same fold, same seed)")
+        paired, planned = len(report["paired_runs"]), report["planned_runs"]
+        note = " [bold yellow](partial: not every run has finished)[/]" if report["partial"] else ""
+        console.print(f"paired over {paired} of {planned} runs (same fold, same seed){note}")
+    if report["kind"] == "runs":
+        console.print(f"paired over the same {report['num_images']} held-out images; {report['method']}")
     if json_path is not None:
         atomic_write_text(json_path, dumps(report))
         console.print(f"wrote {json_path}")

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from astrocli.commands.options import Overrides, RecipeOption
+from astrocli.commands.report import write_end_report
 from astrocli.output import make_console
 
 METRIC_LABELS = {
@@ -105,6 +106,7 @@ def cv_command(
         if recipe is not None or overrides:
             raise AstroError("--aggregate reads a finished cv folder; drop --recipe and KEY=VALUE")
         print_report(cv.aggregate(aggregate), aggregate)
+        _end_report(aggregate)
         return
     if recipe is None:
         raise AstroError("give --recipe FILE (see `astro recipes`) or --aggregate PARENT")
@@ -119,6 +121,15 @@ def cv_command(
             print(f"run done; when all have finished: astro cv --aggregate {parent}")
             return
     print_report(cv.read_cv(parent), parent)
+    _end_report(parent)
+
+
+def _end_report(parent: Path) -> None:
+    """report.html in the cv folder unless the cv's recipe says ``output.report: false``."""
+    import json
+
+    recipe = json.loads((parent / "cv_plan.json").read_text())["recipe"]
+    write_end_report(parent, bool(recipe.get("output", {}).get("report", True)))
 
 
 def register(app: typer.Typer) -> None:

@@ -277,6 +277,13 @@ def _calibrate(
     from astrocli.inference.calibrate import calibrate_checkpoint  # lazy: keeps start-up torch-free
 
     fit = calibrate_checkpoint(runner, overrides, batch_size, workers)
+    if not fit["applied"]:
+        console.print(
+            f"[yellow]warning:[/] calibration not applied, temperature 1 written into {runner.source}: "
+            f"{fit['reason']}",
+            highlight=False,
+        )
+        return
     console.print(
         f"calibrated on the '{fit['split']}' split ({fit['num_samples']} images): temperature "
         f"{fit['temperature']:.3f}, ECE {fit['ece']:.4f} -> {fit['ece_calibrated']:.4f}; "

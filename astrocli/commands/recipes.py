@@ -9,7 +9,7 @@ import typer
 from astrocli.commands.options import FormatOption
 from astrocli.output import OutputFormat, make_console, rows_csv, rows_json
 
-COLUMNS = ("name", "model", "dataset", "img_size", "epochs", "target")
+COLUMNS = ("name", "model", "dataset", "img_size", "epochs", "time", "target")
 
 
 def _recipe_rows() -> list[dict[str, Any]]:
@@ -25,7 +25,8 @@ def _recipe_rows() -> list[dict[str, Any]]:
                 "model": recipe.model.name,
                 "dataset": recipe.data.source,
                 "img_size": recipe.data.img_size,
-                "epochs": recipe.train.epochs,
+                "epochs": recipe.train.epochs,  # with a time budget: the first epoch's plan
+                "time": recipe.train.time,  # train.time in minutes (None: train.epochs decides)
                 "target": recipe.target,
             }
         )
@@ -43,10 +44,11 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
             column,
             overflow="fold" if column == "target" else "ellipsis",
             no_wrap=column != "target",
-            justify="right" if column in ("img_size", "epochs") else "left",
+            justify="right" if column in ("img_size", "epochs", "time") else "left",
         )
     for row in rows:
-        table.add_row(*(escape(str(row[c])) for c in COLUMNS))
+        shown = {**row, "time": f"{row['time']:g} min" if row["time"] else ""}
+        table.add_row(*(escape(str(shown[c])) for c in COLUMNS))
     make_console().print(table)
 
 

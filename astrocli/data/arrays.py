@@ -338,6 +338,24 @@ def float_stats(cfg: DataConfig, train: Any) -> tuple[tuple[float, ...], tuple[f
     return mean, std, f"computed from the {len(train)} training images"
 
 
+def follow_bands(cfg: DataConfig, train: Any) -> None:
+    """``data.in_chans`` left unset follows the data: the band count of the first readable file (a
+    grayscale 16-bit PNG trains on 1 channel, a 5-band FITS cube on 5), said in one line."""
+    bands = None
+    for path, _ in (getattr(train, "samples", None) or [])[:PROBE_FILES]:
+        try:
+            bands = to_chw(read_raw(path, cfg.fits_hdu), cfg.layout, str(path))[0].shape[0]
+            break
+        except DataError:
+            continue  # an unreadable file is reported when it is read
+    if bands is not None and bands != cfg.in_chans:
+        print(
+            f"data: data.in_chans={bands}, the images' band count (data.in_chans was not set)",
+            file=sys.stderr,
+        )
+        cfg.in_chans = bands
+
+
 def announce_layout(train: Any, cfg: DataConfig) -> None:
     """One console line saying which band axis was assumed for 3-D arrays (layout auto)."""
     layout = getattr(train, "layout_assumed", None)

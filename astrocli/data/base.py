@@ -12,7 +12,6 @@ Both yield ``(PIL.Image, int)`` in mode ``RGB`` (or ``L`` when ``in_chans == 1``
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -27,7 +26,7 @@ from astrocli.images.pil import UNREADABLE_IMAGE_ERRORS
 from astrocli.images.pil import convert_image as convert_image
 from astrocli.images.pil import image_mode as image_mode
 from astrocli.images.pil import is_image_file as is_image_file
-from astrocli.notices import SkipLog, SkippedImagesWarning, skipped_images_line
+from astrocli.notices import SkipLog, skipped_images_line, warn_user
 
 # PIL's ITU-R 601-2 luma weights, so array and PIL conversions to grayscale agree.
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -63,7 +62,8 @@ class ImageFileDataset(Dataset):
         self.in_chans = in_chans
         # Other band counts are read by the float path (astrocli.data.arrays), which takes the samples.
         self.mode = image_mode(in_chans) if in_chans in (1, 3) else None
-        self._reported: set[str] = set()
+        self._reported: dict[str, str] = {}  # path -> reason, in this process
+        self.unreadable: list[tuple[str, str]] = []  # left out when the folder was indexed
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -81,22 +81,28 @@ class ImageFileDataset(Dataset):
             try:
                 return self.load(candidate), self.targets[candidate]
             except UNREADABLE_IMAGE_ERRORS as exc:
-                self._report(self.samples[candidate][0], exc)
+                self.report_skip(self.samples[candidate][0], exc)
         raise OSError("no readable image in this dataset")
 
-    def _report(self, path: str, exc: Exception) -> None:
+    def report_skip(self, path: str, exc: Exception | str) -> None:
+        """Tell about a skipped file once: to the run's skip log, else as a ``warning:`` line on stderr
+        (never through the warnings filter, which ``PYTHONWARNINGS=ignore`` empties)."""
         if path in self._reported:
             return
-        self._reported.add(path)
+        self._reported[path] = str(exc)
         if self.skip_log is not None:
             self.skip_log.add(path, str(exc))
         else:
-            warnings.warn(SkippedImagesWarning(f"{skipped_images_line([path])} ({exc})"), stacklevel=3)
+            warn_user(f"{skipped_images_line([path])} ({exc})")
+
+    def skipped(self) -> dict[str, str]:
+        """The files skipped while reading in this process, with the reason."""
+        return dict(self._reported)
 
     def subset(self, indices: Sequence[int]) -> ImageFileDataset:
         """The samples at ``indices`` as a new dataset."""
         subset = ImageFileDataset([self.samples[i] for i in indices], self.in_chans)
-        subset.skip_log = self.skip_log
+        subset.skip_log, subset.unreadable = self.skip_log, self.unreadable
         return subset
 
 

@@ -11,8 +11,9 @@ images and classes), :func:`resolve_defaults` fills every key the recipe did not
 - crop: images of 64 px or less: pad-and-crop with ``img_size // 8`` pixels of padding (the
   CIFAR recipe); larger ones: a gentle random-resized crop (scale 0.35-1).
 - flips: the data's symmetry cannot be known, so a fixed rule, printed with how to change it:
-  galaxies (``galaxy10_*`` sources) flip both ways; single-channel images (digits, text,
-  documents, where a mirrored 2 is no 2) do not flip; other colour images flip horizontally.
+  galaxies (``galaxy10_*`` sources) and scientific float data (FITS, 16-bit, float, N bands) flip
+  both ways; single-channel 8-bit images (digits, text, documents, where a mirrored 2 is no 2) do
+  not flip; other colour images flip horizontally.
 - ``strong`` adds RandAugment (colour images), Mixup 0.8 / CutMix 1.0, label smoothing 0.1 and
   random erasing 0.25: what the long paper schedules use; they slow short runs down.
 - learning rate: AdamW ``2e-3 * sqrt(global_batch / 128)`` (square-root scaling suits adaptive
@@ -66,6 +67,7 @@ class DataFacts:
     source: str
     class_counts: list[int] = field(default_factory=list)
     world_size: int = 1
+    scientific: bool = False  # the float path: FITS, 16-bit, float TIFF, .npy, N bands
 
 
 @dataclass
@@ -92,7 +94,8 @@ def _show(value: Any) -> str:
 
 
 def data_facts(bundle: Any, recipe: Recipe, world_size: int = 1) -> DataFacts:
-    """The facts of ``bundle`` (from :func:`astrocli.data.build_datasets`) for ``recipe``."""
+    """The facts of ``bundle`` (from :func:`astrocli.data.build_datasets`, which set
+    ``recipe.data.pixels``) for ``recipe``."""
     targets = np.asarray(bundle.train.targets, dtype=np.int64)
     counts = np.bincount(targets, minlength=bundle.num_classes).tolist() if len(targets) else []
     return DataFacts(
@@ -102,6 +105,7 @@ def data_facts(bundle: Any, recipe: Recipe, world_size: int = 1) -> DataFacts:
         num_classes=bundle.num_classes,
         grayscale=recipe.data.in_chans == 1 or is_grayscale(bundle.train),
         source=recipe.data.source,
+        scientific=recipe.data.pixels == "float",
         class_counts=counts,
         world_size=world_size,
     )
@@ -120,18 +124,18 @@ def is_grayscale(dataset: Any, probe: int = 8) -> bool:
         rows = np.asarray(store.read(np.sort(np.asarray(indices[:probe]))))
         return rows.ndim == 3 or rows.shape[-1] == 1 or _equal_channels(rows)
     samples = getattr(dataset, "samples", None)
-    if samples:
-        for path, _ in samples[:probe]:
-            try:
-                with Image.open(path) as img:
-                    if img.mode in GRAY_MODES:
-                        continue
-                    if not _equal_channels(np.asarray(img.convert("RGB"))):
-                        return False
-            except OSError:
-                continue
-        return True
-    return False
+    looked = 0  # files PIL could read: FITS or .npy are none of them, and say nothing of their colour
+    for path, _ in (samples or [])[:probe]:
+        try:
+            with Image.open(path) as img:
+                looked += 1
+                if img.mode in GRAY_MODES:
+                    continue
+                if not _equal_channels(np.asarray(img.convert("RGB"))):
+                    return False
+        except OSError:
+            continue
+    return looked > 0
 
 
 def _equal_channels(pixels: np.ndarray) -> bool:
@@ -173,10 +177,17 @@ def auto_warmup(epochs: int) -> int:
 
 def flip_rule(facts: DataFacts) -> tuple[float, float, str]:
     """(hflip, vflip, the sentence the console prints)."""
+    off = "off with augment.hflip=0 augment.vflip=0"
     if facts.source.startswith("galaxy10"):
-        return 0.5, 0.5, "galaxies have no preferred orientation; off with augment.hflip=0 augment.vflip=0"
+        return 0.5, 0.5, f"galaxies have no preferred orientation; {off}"
+    if facts.scientific:  # sky cutouts, microscopy, spectra-as-images: no up, no left
+        return (
+            0.5,
+            0.5,
+            f"scientific images (FITS, 16-bit, float, N bands) have no preferred orientation; {off}",
+        )
     if facts.grayscale:
-        why = "single-channel images (digits, text) may not survive a mirror; on with augment.hflip=0.5"
+        why = "single-channel 8-bit images (digits, text) may not survive a mirror; on with augment.hflip=0.5"
         return 0.0, 0.0, why
     return 0.5, 0.0, "colour images, mirrored left-right; off with augment.hflip=0"
 
@@ -445,7 +456,7 @@ def _data_defaults_for_print(recipe: Recipe) -> tuple[Recipe, list[str]]:
     probe = copy.deepcopy(recipe)
     probe.data.download = False
     try:
-        bundle = build_datasets(probe.data)
+        bundle = build_datasets(probe.data, follow_bands="data.in_chans" not in given_keys(recipe))
     except (AstroError, OSError, ValueError) as exc:
         return recipe, [
             f"augment.preset {recipe.augment.preset}: the data is not readable here "
@@ -454,4 +465,5 @@ def _data_defaults_for_print(recipe: Recipe) -> tuple[Recipe, list[str]]:
         ]
     resolved, choices = resolve_defaults(recipe, data_facts(bundle, probe))
     resolved.data.mean, resolved.data.std = probe.data.mean, probe.data.std
+    resolved.data.in_chans = probe.data.in_chans  # the images' band count when it was left unset
     return resolved, describe(choices, resolved)

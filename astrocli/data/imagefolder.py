@@ -10,7 +10,6 @@ at read time by :class:`~astrocli.data.base.ImageFileDataset`.
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 
 from PIL import Image
@@ -21,7 +20,7 @@ from astrocli.errors import DataError
 from astrocli.images.arrays import is_array_file
 from astrocli.images.channels import IMAGENET_MEAN, IMAGENET_STD
 from astrocli.images.pil import UNREADABLE_IMAGE_ERRORS
-from astrocli.notices import SkippedImagesWarning, skipped_images_line
+from astrocli.notices import skipped_images_line, warn_user
 from astrocli.recipe import DataConfig
 
 HELDOUT_FOLDERS = ("val", "test")
@@ -51,26 +50,37 @@ def find_images(folder: Path) -> list[str]:
     return found
 
 
-def is_readable_image(path: str) -> bool:
-    """Whether PIL identifies ``path`` (reads the header only: cheap enough for every file)."""
+def unreadable_reason(path: str) -> str | None:
+    """Why PIL cannot identify ``path`` (None: it can; reads the header only, cheap for every file)."""
     if is_array_file(path):  # FITS / .npy: the float path reads them, and reports a bad one by name
-        return True
+        return None
     try:
         with Image.open(path):
-            return True
-    except UNREADABLE_IMAGE_ERRORS:
-        return False
+            return None
+    except UNREADABLE_IMAGE_ERRORS as exc:
+        return f"{type(exc).__name__}: {exc}"
 
 
-def drop_unreadable(samples: list[tuple[str, int]], where: Path) -> list[tuple[str, int]]:
-    """``samples`` without the files PIL cannot identify; the bad paths go to one warning."""
+def is_readable_image(path: str) -> bool:
+    """Whether PIL identifies ``path``."""
+    return unreadable_reason(path) is None
+
+
+def drop_unreadable(
+    samples: list[tuple[str, int]], where: Path
+) -> tuple[list[tuple[str, int]], list[tuple[str, str]]]:
+    """``samples`` without the files PIL cannot identify, and those files as ``(path, reason)``; the
+    bad paths go to one ``warning:`` line (printed directly: no warnings filter can hide it)."""
     good, bad = [], []
     for sample in samples:
-        (good if is_readable_image(sample[0]) else bad).append(sample)
+        reason = unreadable_reason(sample[0])
+        if reason is None:
+            good.append(sample)
+        else:
+            bad.append((sample[0], reason))
     if bad:
-        line = skipped_images_line([path for path, _ in bad], where, limit=MAX_LISTED_BAD_FILES)
-        warnings.warn(SkippedImagesWarning(line), stacklevel=2)
-    return good
+        warn_user(skipped_images_line([path for path, _ in bad], where, limit=MAX_LISTED_BAD_FILES))
+    return good, bad
 
 
 def index_folder(folder: Path, class_names: list[str], in_chans: int) -> ImageFileDataset:
@@ -86,7 +96,13 @@ def index_folder(folder: Path, class_names: list[str], in_chans: int) -> ImageFi
         samples.extend((path, class_index[name]) for path in find_images(folder / name))
     if not samples:
         raise DataError(f"{folder}: no images found (expected {folder}/<class>/<image>.jpg)")
-    return ImageFileDataset(drop_unreadable(samples, folder), in_chans)
+    good, bad = drop_unreadable(samples, folder)
+    return _with_unreadable(ImageFileDataset(good, in_chans), bad)
+
+
+def _with_unreadable(dataset: ImageFileDataset, bad: list[tuple[str, str]]) -> ImageFileDataset:
+    dataset.unreadable = bad  # a run lists them in RUN_DIR/skipped-images.txt (engine/build.py)
+    return dataset
 
 
 def imagefolder_source(cfg: DataConfig) -> SourceData:
@@ -160,7 +176,8 @@ def tiny_imagenet_val(base: Path, wnids: list[str], in_chans: int) -> ImageFileD
         if fields[1] not in index:
             raise DataError(f"{annotations}: unknown class '{fields[1]}' for {fields[0]}")
         samples.append((str(base / "val" / "images" / fields[0]), index[fields[1]]))
-    return ImageFileDataset(drop_unreadable(samples, base / "val"), in_chans)
+    good, bad = drop_unreadable(samples, base / "val")
+    return _with_unreadable(ImageFileDataset(good, in_chans), bad)
 
 
 def tiny_imagenet_source(cfg: DataConfig) -> SourceData:

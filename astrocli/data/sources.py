@@ -22,6 +22,7 @@ import numpy as np
 
 from astrocli.data import arrays
 from astrocli.data.base import SourceData
+from astrocli.data.exclude import apply_lists
 from astrocli.errors import DataError
 from astrocli.images.channels import adapt_channels
 from astrocli.recipe import DataConfig
@@ -77,11 +78,20 @@ def load_source(cfg: DataConfig) -> SourceData:
         raise DataError(f"unknown data.source '{cfg.source}'; choose one of: {', '.join(SOURCES)}")
     module_name, function_name = SOURCES[cfg.source].split(":")
     source_fn = getattr(importlib.import_module(module_name), function_name)
-    return source_fn(cfg)
+    source = source_fn(cfg)
+    if cfg.exclude or cfg.relabel:  # `astro audit --fix` lists, applied to every split as it is built
+        source.splits = {
+            name: (lambda build=build, name=name: apply_lists(build(), cfg, name, source.class_names))
+            for name, build in source.splits.items()
+        }
+    return source
 
 
-def build_datasets(cfg: DataConfig) -> DatasetBundle:
+def build_datasets(cfg: DataConfig, follow_bands: bool = False) -> DatasetBundle:
     """Build the train and held-out datasets for ``recipe.data``.
+
+    ``follow_bands``: the recipe left ``data.in_chans`` unset, so float-path data sets it to the
+    images' band count (recorded in ``cfg``, hence in recipe.yaml and the checkpoints).
 
     Resolves the normalisation statistics (the one place that does: ``data.mean``/``data.std`` when
     set, else the source's, or those measured on float data) into ``DatasetBundle.mean/std``, and
@@ -98,6 +108,8 @@ def build_datasets(cfg: DataConfig) -> DatasetBundle:
     # The float path (astrocli.data.arrays): FITS, 16-bit, N bands, scaling; else 8-bit PIL images.
 
     floating = arrays.wants_float(cfg, full_train)
+    if floating and follow_bands:
+        arrays.follow_bands(cfg, full_train)
     cfg.pixels = "float" if floating else "uint8"  # recorded in recipe.yaml and the checkpoints
     reader = arrays.ArrayReader.from_config(cfg) if floating else None
     if floating:

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from astrocli.bars import track
@@ -208,30 +209,40 @@ def build_tensor_cache(dataset: Any, cfg: DataConfig, split: str) -> TensorCache
     if located is not None and located[1].is_file():
         loaded = _load_cache(located[1], len(labels))
         if loaded is not None:
-            return TensorCache(loaded, labels, located[0], located[1])
+            # Files the decoding skipped are told again, as a run that decodes would: the cache
+            # remembers them, so a cached run still lists them in RUN_DIR/skipped-images.txt.
+            for image_path, reason in loaded[1].items():
+                dataset.report_skip(image_path, reason)
+            return TensorCache(loaded[0], labels, located[0], located[1])
+    before = set(getattr(dataset, "skipped", dict)())
     images = _to_nchw(_decode_all(dataset, cfg, split))
+    skipped = {p: r for p, r in getattr(dataset, "skipped", dict)().items() if p not in before}
     if located is None:
         return TensorCache(images, labels, key="uncached")
     key, path = located
-    _save_cache(path, images, labels)
+    _save_cache(path, images, labels, skipped)
     return TensorCache(images, labels, key, path)
 
 
-def _load_cache(path: Path, count: int) -> torch.Tensor | None:
-    """The cached images, or None when the file is unreadable or stale (then it is rebuilt)."""
+def _load_cache(path: Path, count: int) -> tuple[torch.Tensor, dict[str, str]] | None:
+    """The cached images and the files skipped when they were decoded, or None when the file is
+    unreadable or stale (then it is rebuilt)."""
     try:
         tensors = load_file(str(path))
+        with safe_open(str(path), "pt") as handle:
+            skipped = json.loads((handle.metadata() or {}).get("skipped", "{}"))
     except Exception:  # a truncated or foreign file: decode again and overwrite
         return None
     images = tensors.get("images")
     if images is None or images.dtype != torch.uint8 or len(images) != count:
         return None
-    return images
+    return images, skipped
 
 
-def _save_cache(path: Path, images: torch.Tensor, labels: torch.Tensor) -> None:
+def _save_cache(path: Path, images: torch.Tensor, labels: torch.Tensor, skipped: dict[str, str]) -> None:
     """Write atomically (temp file + rename); an unwritable location only costs the next run time."""
+    meta = {"format": "astro-tensor-cache/1", "skipped": json.dumps(skipped)}
     try:
-        save_tensors(path, {"images": images, "labels": labels}, {"format": "astro-tensor-cache/1"})
+        save_tensors(path, {"images": images, "labels": labels}, meta)
     except (OSError, OutputError):  # OutputError: read-only or full (astrocli.errors.write_error)
         pass

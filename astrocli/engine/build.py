@@ -6,6 +6,7 @@ Everything the papers used comes from timm (optimizers, schedulers, losses, Mixu
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -63,11 +64,22 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
 
 
 def attach_skip_log(bundle: DatasetBundle, path: Path) -> SkipLog:
-    """Send the images skipped while reading ``bundle`` (main process and DataLoader workers) to ``path``."""
+    """Send the images skipped while reading ``bundle`` (main process and DataLoader workers) to ``path``.
+
+    Files already left out when the folders were indexed (PIL could not identify them: a truncated
+    header, a decompression bomb) are written there first; their line was printed then.
+    """
     log = SkipLog(path)
-    for dataset in (bundle.train, bundle.val):
+    known: dict[str, str] = {}
+    for dataset in (bundle.train, bundle.val, bundle.test):
+        known.update(getattr(dataset, "unreadable", None) or [])
         if hasattr(dataset, "skip_log"):  # image-file datasets; array datasets have nothing to skip
             dataset.skip_log = log
+    listed = set(log.new_paths())  # a resumed run's file holds them already
+    for image_path, reason in known.items():
+        if image_path not in listed:
+            log.add(image_path, reason)
+    log.mark_reported(list(known))
     return log
 
 
@@ -133,15 +145,18 @@ def build_scheduler(
     recipe: Recipe,
     updates_per_epoch: int,
     warn: Callable[[str], None] | None = None,
+    epochs: int | None = None,
 ) -> tuple[Scheduler, int]:
     """timm's scheduler, stepped per optimizer update (smooth warmup even for short runs).
 
-    Returns the scheduler and the total number of epochs: ``train.epochs``, with warmup and
-    cooldown counted inside it (scaled down, with a warning through ``warn``, when they would
-    take more than half the run; astrocli/data/defaults.py).
+    Returns the scheduler and the total number of epochs: ``epochs`` (default ``train.epochs``; a
+    ``train.time`` plan gives its own), with warmup and cooldown counted inside it (scaled down,
+    with a warning through ``warn``, when they would take more than half the run;
+    astrocli/data/defaults.py).
     """
     cfg = recipe.train
-    fit = fit_warmup_cooldown(cfg.epochs, cfg.warmup_epochs, cfg.cooldown_epochs, updates_per_epoch)
+    epochs = cfg.epochs if epochs is None else epochs
+    fit = fit_warmup_cooldown(epochs, cfg.warmup_epochs, cfg.cooldown_epochs, updates_per_epoch)
     if fit.warning and warn is not None:
         warn(fit.warning)
     sched, decay_epochs, decay_rate = cfg.sched, cfg.decay_epochs, cfg.decay_rate
@@ -162,7 +177,18 @@ def build_scheduler(
         step_on_epochs=False,
         updates_per_epoch=1,
     )
-    return scheduler, cfg.epochs
+    return scheduler, epochs
+
+
+def rebuild_scheduler(
+    optimizer: torch.optim.Optimizer, recipe: Recipe, steps_per_epoch: int, epochs: int, progress: Any
+) -> Scheduler:
+    """The schedule for ``epochs`` epochs (a ``train.time`` plan), at the update ``progress`` reached
+    (timm's schedules are pure functions of the update; the optimizer keeps its state)."""
+    updates_per_epoch = math.ceil(steps_per_epoch / recipe.train.accum_steps)
+    scheduler, _ = build_scheduler(optimizer, recipe, updates_per_epoch, epochs=epochs)
+    scheduler.step_update(num_updates=progress.global_step)
+    return scheduler
 
 
 def build_train_loss(recipe: Recipe, mixup_on: bool, class_weight: torch.Tensor | None = None) -> nn.Module:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.distributed as dist
 
-from astrocli.calibration import calibration_summary, fit_temperature, write_temperature
+from astrocli.calibration import calibrate_logits, write_temperature
 from astrocli.checkpoint import load_checkpoint
 from astrocli.engine import distributed as ddp
 from astrocli.engine.build import build_model
@@ -91,19 +91,20 @@ class KeptLogits(dict):
             self["best"] = self[weights]
 
 
-def calibrate_after_training(trainer: Trainer) -> dict[str, float] | None:
+def calibrate_after_training(trainer: Trainer) -> dict[str, Any] | None:
     """Fit ``T`` for the run's ``best`` and ``last`` checkpoints on the validation split and write it.
 
     The logits come from the trainer's own last evaluations (``trainer.val_logits``) when it kept
     them for exactly these weights, so usually no extra pass over the split runs; otherwise the
-    checkpoint is evaluated here. Returns the best checkpoint's summary (``temperature``, ``ece``,
-    ``ece_calibrated``), or None when there is nothing to calibrate. Every rank takes part (the
-    logits are gathered).
+    checkpoint is evaluated here. Returns the best checkpoint's
+    :func:`~astrocli.calibration.calibrate_logits` summary (``temperature`` 1 and a ``reason`` when
+    the fit cannot be trusted), or None when there is nothing to calibrate. Every rank takes part
+    (the logits are gathered).
     """
     run_dir = trainer.run_dir
     if len(trainer.eval_batches) == 0:
         return None
-    results: dict[str, dict[str, float]] = {}
+    results: dict[str, dict[str, Any]] = {}
     for name in ("best", "last"):
         path = run_dir / f"{name}.safetensors"
         exists = torch.tensor(float(path.is_file()), device=trainer.device)
@@ -112,10 +113,10 @@ def calibrate_after_training(trainer: Trainer) -> dict[str, float] | None:
         logits, targets = _validation_logits(trainer, name, path)
         if len(targets) == 0:
             return None
-        summary = calibration_summary(logits, targets, fit_temperature(logits, targets))
+        summary = calibrate_logits(logits, targets)
         results[name] = summary
         if trainer.dist.is_main:
-            ece = {k: v for k, v in summary.items() if k != "temperature"}
+            ece = {k: summary[k] for k in ("ece", "ece_calibrated")}
             write_temperature(path, summary["temperature"], ece)
     return results.get("best") or results.get("last")
 
@@ -135,3 +136,14 @@ def _validation_logits(trainer: Trainer, name: str, path: Any) -> tuple[Any, Any
         model = model.to(trainer.device)
         model.load_state_dict(state_dict)
     return collect_logits(model, trainer.eval_batches, trainer.device, trainer.amp_dtype)
+
+
+def calibration_line(result: dict[str, Any]) -> str:
+    """The console line for :func:`calibrate_after_training`'s result: the stored temperature, or why
+    temperature 1 was kept (a warning)."""
+    if not result["applied"]:
+        return f"calibration not applied, temperature 1 kept: {result['reason']}"
+    return (
+        f"calibration: temperature {result['temperature']:.3f}, validation ECE "
+        f"{result['ece']:.4f} -> {result['ece_calibrated']:.4f} (stored in the checkpoints)"
+    )

@@ -48,7 +48,7 @@ from astrocli.engine.trainer import StepHook, Trainer
 from astrocli.errors import AstroError
 from astrocli.models import count_params
 from astrocli.models.pretrained import apply_pretrained_stats
-from astrocli.recipe import Recipe
+from astrocli.recipe import Recipe, given_keys
 
 if TYPE_CHECKING:
     from timm.scheduler.scheduler import Scheduler
@@ -91,6 +91,8 @@ def build_trainer(
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     train_loss_fn, eval_loss_fn = build_losses(r, bundle, train_batches, device)
     progress, history = _start_or_resume(r, files, dist, resume, model, optimizer, scheduler, ema, scaler)
+    if r.train.time is not None and progress.planned_epochs:
+        total_epochs = progress.planned_epochs  # a resumed budget run: its schedule came with the state
     return Trainer(
         recipe=r,
         files=files,
@@ -164,11 +166,12 @@ def _training_model(
 
 def _load_bundle(recipe: Recipe, dist: ddp.DistInfo) -> DatasetBundle:
     """Build the datasets; under DDP rank 0 first (it may download), then the others."""
+    follow = "data.in_chans" not in given_keys(recipe)  # unset: scientific data gives its band count
     if dist.is_main:
-        bundle = build_datasets(recipe.data)
+        bundle = build_datasets(recipe.data, follow_bands=follow)
     ddp.barrier()
     if not dist.is_main:
-        bundle = build_datasets(recipe.data)
+        bundle = build_datasets(recipe.data, follow_bands=follow)
     return bundle
 
 
@@ -276,7 +279,8 @@ def _announce(trainer: Trainer, resumed: bool) -> None:
             "protocol": describe_protocol(bundle, recipe),
             "device": f"{trainer.device} x{trainer.dist.world_size}"
             + (f", autocast {trainer.amp_dtype}" if trainer.amp_dtype else ""),
-            "schedule": f"{trainer.total_epochs} epochs x {trainer.steps_per_epoch} steps",
+            "schedule": f"{trainer.total_epochs} epochs x {trainer.steps_per_epoch} steps"
+            + (f" (train.time {recipe.train.time:g} min: re-planned)" if recipe.train.time else ""),
             **({"resumed": f"at {trainer.progress.position(trainer.steps_per_epoch)}"} if resumed else {}),
         }
     )
@@ -321,7 +325,7 @@ def train(
     loggers = [*(build_loggers(recipe, lambda text: console.warn(text)) if dist.is_main else []), *callbacks]
     ddp.init_distributed(dist, device)
     console = TrainConsole(log or recipe.output.log, enabled=dist.is_main)
-    if resume is not None and overrides:
+    if resume is not None and [o for o in overrides or [] if not o.strip().startswith("output.")]:
         console.warn(
             f"resuming with overrides {' '.join(overrides)}: the learning-rate schedule continues as saved "
             "(extra epochs run at train.min_lr)"

@@ -26,6 +26,7 @@ import contextvars
 import functools
 import importlib.util
 import json
+import logging
 import os
 import sys
 import time
@@ -37,10 +38,13 @@ from typing import Any, Protocol, runtime_checkable
 from astrocli.errors import AstroError, first_line
 from astrocli.files import atomic_write_text
 from astrocli.recipe import Recipe
+from astrocli.redact import is_redacted, scrub
 
 # The module each logger imports, and the extra that installs it.
 EXTRAS = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
 ARTIFACTS = ("best.safetensors", "curves.png", "summary.json")  # uploaded at the end when present
+MLFLOW_DB = "mlflow.db"  # the default tracking store, in output.dir beside the runs
+MLFLOW_ARTIFACTS = "mlartifacts"  # its artifacts, beside it (MLflow's own default is ./mlruns in the cwd)
 IDS_FILE = "loggers.json"  # remote run ids, so `astro train --resume` continues the same MLflow/W&B run
 
 Warn = Callable[[str], None]
@@ -219,9 +223,9 @@ def guarded(what: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
                 method(self, *args, **kwargs)
             except Exception as exc:
                 self._failed = True
-                self._warn(
-                    f"{self.name} logging stopped ({what}: {type(exc).__name__}: {exc}); training goes on"
-                )
+                error = f"{type(exc).__name__}: {first_line(exc, 300)}"
+                text = f"{self.name} logging stopped ({what}: {error}); training goes on"
+                self._warn(scrub(text, [getattr(self, "uri", None)]))  # a library's message may quote the URL
 
         return call
 
@@ -291,7 +295,7 @@ def parent_run(
         check_extras(recipe)
         client = mlflow_client(recipe)
         if run_id is None:
-            experiment = _mlflow_experiment(client, recipe.output.project)
+            experiment = _mlflow_experiment(client, recipe.output.project, recipe)
             tags = {"astro.kind": kind, "mlflow.runName": name}
             run_id = client.create_run(experiment, run_name=name, tags=tags).info.run_id
         else:
@@ -394,30 +398,62 @@ def _matrix_figure(matrix: Sequence[Sequence[float]]) -> Any:
 # ---------------------------------------------------------------------------------------------
 
 
+def default_mlflow_uri(output_dir: str | Path) -> str:
+    """The local store beside the runs: ``sqlite:///<output.dir>/mlflow.db`` (MLflow 3 refuses its
+    file store unless MLFLOW_ALLOW_FILE_STORE=true; a SQLite file works out of the box)."""
+    return f"sqlite:///{(Path(output_dir) / MLFLOW_DB).resolve()}"
+
+
 def mlflow_tracking_uri(recipe: Recipe) -> str:
-    """``MLFLOW_TRACKING_URI``, else ``output.mlflow_uri``, else a local ``<output.dir>/mlruns`` store."""
+    """``MLFLOW_TRACKING_URI``, else ``output.mlflow_uri``, else :func:`default_mlflow_uri`.
+
+    A recipe read back from a run (``astro train --resume``) holds the URL redacted
+    (``user:***@host``): the password comes back only from ``MLFLOW_TRACKING_URI`` or an
+    ``output.mlflow_uri=URL`` override, never from the run's files.
+    """
     uri = os.environ.get("MLFLOW_TRACKING_URI") or recipe.output.mlflow_uri
-    if uri:
-        return uri
-    return (Path(recipe.output.dir) / "mlruns").resolve().as_uri()
+    if uri and is_redacted(uri):
+        raise AstroError(
+            f"output.mlflow_uri {uri} has its password left out of the run's files; give it again: "
+            "set MLFLOW_TRACKING_URI=URL, or add output.mlflow_uri=URL to the command",
+            exit_code=2,
+        )
+    return uri or default_mlflow_uri(recipe.output.dir)
 
 
-def mlflow_client(recipe: Recipe) -> Any:
-    """An ``MlflowClient`` for the recipe's tracking URI."""
+def _file_store_hint(uri: str, exc: Exception) -> str:
+    """What to do when MLflow 3 refuses its file store (an explicit file:// URI or a plain path)."""
+    if "MLFLOW_ALLOW_FILE_STORE" not in str(exc):
+        return ""
+    return (
+        "; MLflow's file store is off unless MLFLOW_ALLOW_FILE_STORE=true is set: set it, or use "
+        f"{default_mlflow_uri('runs')}-style SQLite (the default when output.mlflow_uri is unset)"
+    )
+
+
+def mlflow_client(recipe: Recipe, uri: str | None = None) -> Any:
+    """An ``MlflowClient`` for the recipe's tracking URI (``uri`` when already resolved)."""
     from mlflow.tracking import MlflowClient
 
-    # stdout belongs to astro's console (`--jsonl` prints only JSON there): no "View run" lines.
+    # stdout belongs to astro's console (`--jsonl` prints only JSON there): no "View run" lines,
+    # nor the INFO lines a new SQLite store's table creation prints.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-    return MlflowClient(tracking_uri=mlflow_tracking_uri(recipe))
+    for name in ("mlflow.store.db.utils", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    return MlflowClient(tracking_uri=uri or mlflow_tracking_uri(recipe))
 
 
-def _mlflow_experiment(client: Any, name: str) -> str:
-    """The id of experiment ``name``, created on first use (two processes may race: re-read)."""
+def _mlflow_experiment(client: Any, name: str, recipe: Recipe | None = None) -> str:
+    """The id of experiment ``name``, created on first use (two processes may race: re-read); in a
+    local SQLite store its artifacts go to ``<output.dir>/mlartifacts``."""
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
+    location = None
+    if recipe is not None and str(client.tracking_uri).startswith("sqlite:"):
+        location = (Path(recipe.output.dir) / MLFLOW_ARTIFACTS).resolve().as_uri()
     try:
-        return client.create_experiment(name)
+        return client.create_experiment(name, artifact_location=location)
     except Exception:
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
@@ -435,15 +471,15 @@ class MlflowLogger(_Guarded):
     def start(self, recipe: Recipe, run_dir: Path) -> None:
         from mlflow.entities import Param
 
-        uri = mlflow_tracking_uri(recipe)
+        uri = self.uri = mlflow_tracking_uri(recipe)
         try:
-            self.client = mlflow_client(recipe)
+            self.client = mlflow_client(recipe, uri)
             previous = _read_ids(run_dir).get("mlflow_run_id")
             if previous:  # `astro train --resume`: continue the same MLflow run
                 self.client.update_run(previous, status="RUNNING")
                 self.run_id = previous
                 return
-            experiment = _mlflow_experiment(self.client, recipe.output.project)
+            experiment = _mlflow_experiment(self.client, recipe.output.project, recipe)
             tags = {"astro.run_dir": str(run_dir), "mlflow.source.name": "astro"}
             parent = current_parent()
             if parent is not None and parent.mlflow_run_id:
@@ -453,12 +489,12 @@ class MlflowLogger(_Guarded):
             for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
                 self.client.log_batch(self.run_id, params=params[i : i + 100])
         except Exception as exc:
-            raise AstroError(
+            message = (
                 f"MLflow tracking at {uri} failed to start a run ({type(exc).__name__}: "
-                f"{first_line(exc)}); check MLFLOW_TRACKING_URI or "
-                "output.mlflow_uri, or drop mlflow from output.loggers",
-                exit_code=1,
-            ) from None
+                f"{first_line(exc, limit=300)}){_file_store_hint(uri, exc)}; check MLFLOW_TRACKING_URI or "
+                "output.mlflow_uri, or drop mlflow from output.loggers"
+            )
+            raise AstroError(scrub(message, [uri]), exit_code=1) from None
         _write_id(run_dir, "mlflow_run_id", self.run_id)
 
     def _log_metrics(self, metrics: Mapping[str, float], step: int) -> None:

@@ -122,6 +122,11 @@ class RunDir:
     def write_summary(self, summary: Mapping[str, Any]) -> None:
         atomic_write_text(self.path / SUMMARY_FILE, json.dumps(summary, indent=2))
 
+    def read_split(self) -> dict[str, Any] | None:
+        """split.json (the data, the split and which images went where), or None when absent."""
+        path = self.path / "split.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
     def read_summary(self) -> dict[str, Any] | None:
         """A finished run's ``summary.json``, or None (raises json.JSONDecodeError when damaged)."""
         path = self.path / SUMMARY_FILE
@@ -129,25 +134,9 @@ class RunDir:
 
     def plot_curves(self, rows: Sequence[Mapping[str, Any]]) -> None:
         """``curves.png``: losses and top-1/top-5 per epoch."""
-        import matplotlib
-
-        matplotlib.use("Agg")
+        fig = curves_figure(rows)  # selects the Agg backend before pyplot is imported here
         import matplotlib.pyplot as plt
 
-        fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-        ax_loss.plot([r["epoch"] for r in rows], [r["train_loss"] for r in rows], label="train")
-        val = [(r["epoch"], r["val_loss"]) for r in rows if r.get("val_loss") is not None]
-        if val:
-            ax_loss.plot(*zip(*val, strict=True), label="val")
-        ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
-        ax_loss.legend()
-        acc = [(r["epoch"], r["val_top1"], r["val_top5"]) for r in rows if r.get("val_top1") is not None]
-        if acc:
-            ax_acc.plot([a[0] for a in acc], [a[1] for a in acc], label="top-1")
-            ax_acc.plot([a[0] for a in acc], [a[2] for a in acc], label="top-5")
-            ax_acc.legend()
-        ax_acc.set(xlabel="epoch", ylabel="%", title="validation accuracy")
-        fig.tight_layout()
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=100)
         plt.close(fig)
@@ -197,6 +186,33 @@ def unique_run_dir(output_dir: str, name: str) -> Path:
                 f"cannot create the run directory {candidate} ({exc.strerror}); "
                 "set output.dir to a writable folder"
             ) from None
+
+
+def curves_figure(rows: Sequence[Mapping[str, Any]]) -> Any:
+    """The figure of ``curves.png`` (losses; validation top-1/top-5), epochs on integer ticks."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot([r["epoch"] for r in rows], [r["train_loss"] for r in rows], label="train")
+    val = [(r["epoch"], r["val_loss"]) for r in rows if r.get("val_loss") is not None]
+    if val:
+        ax_loss.plot(*zip(*val, strict=True), label="val")
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
+    ax_loss.legend()
+    acc = [(r["epoch"], r["val_top1"], r["val_top5"]) for r in rows if r.get("val_top1") is not None]
+    if acc:
+        ax_acc.plot([a[0] for a in acc], [a[1] for a in acc], label="top-1")
+        ax_acc.plot([a[0] for a in acc], [a[2] for a in acc], label="top-5")
+        ax_acc.legend()
+    ax_acc.set(xlabel="epoch", ylabel="%", title="validation accuracy")
+    for ax in (ax_loss, ax_acc):  # epochs are whole: no tick at 1.2, 1.4, ... on a short run
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.tight_layout()
+    return fig
 
 
 def preload_plotting() -> None:

@@ -13,12 +13,15 @@ Metadata (one JSON string under ``astro_resume``):
 
 ``torch.save`` would pickle; this format cannot hold code, and a truncated file is detected by
 safetensors' header check rather than half-loaded.
+
+Also :class:`EpochMeter`: the running loss of the epoch in progress, kept on the device.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import time
 from dataclasses import InitVar, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -65,6 +68,8 @@ class Progress:
     best_weights: str = "model"  # "model" or "ema": which weights best.safetensors holds
     best_metrics: dict[str, float] = field(default_factory=dict)  # its validation metrics, no "val_"
     evals_without_improvement: int = 0  # counted against train.patience
+    planned_epochs: int | None = None  # train.time: the epochs the budget was last planned for
+    budget_spent_s: float = 0.0  # train.time: seconds of the budget used by the saved sessions
     extra: InitVar[dict[str, Any] | None] = None  # astro 0.2.0's bag of the fields above
 
     def __post_init__(self, extra: dict[str, Any] | None) -> None:
@@ -290,3 +295,29 @@ def load_resume_or_explain(resume_path: Path) -> ResumeState:
         f"`astro train --recipe {run_dir / 'recipe.yaml'} model.pretrained={last}` "
         "(optimizer state and schedule start over)"
     ) from None
+
+
+@dataclass
+class EpochMeter:
+    """The running training loss of one epoch, kept on the device (no host sync per step)."""
+
+    loss_sum: torch.Tensor
+    nonfinite: torch.Tensor
+    images: int = 0
+    start: float = 0.0
+
+    @classmethod
+    def on(cls, device: torch.device) -> EpochMeter:
+        return cls(
+            loss_sum=torch.zeros((), device=device),
+            nonfinite=torch.zeros((), dtype=torch.bool, device=device),
+            start=time.perf_counter(),
+        )
+
+    def add(self, loss: torch.Tensor, batch_size: int) -> None:
+        self.loss_sum += loss.detach() * batch_size
+        self.nonfinite |= ~torch.isfinite(loss.detach())
+        self.images += batch_size
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self.start

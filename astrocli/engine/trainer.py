@@ -27,13 +27,16 @@ import torch.nn as nn
 from astrocli.checkpoint import CheckpointMeta, load_checkpoint
 from astrocli.data.pipeline import build_eval_batches
 from astrocli.engine import distributed as ddp
-from astrocli.engine.calibrate import KeptLogits, calibrate_after_training
+from astrocli.engine.budget import TimeBudget
+from astrocli.engine.build import rebuild_scheduler
+from astrocli.engine.calibrate import KeptLogits, calibrate_after_training, calibration_line
+from astrocli.engine.compiling import failure_line, try_compile, wants_compile, warm_up
 from astrocli.engine.console import TrainConsole
 from astrocli.engine.finetune import frozen_at, set_frozen
 from astrocli.engine.loggers import LoggerGroup
 from astrocli.engine.run_dir import RunDir, preload_plotting
-from astrocli.engine.state import Progress, save_resume_state
-from astrocli.errors import AstroError, first_line
+from astrocli.engine.state import EpochMeter, Progress, save_resume_state
+from astrocli.errors import AstroError
 from astrocli.metrics import balanced_accuracy, macro_f1
 from astrocli.notices import SkipLog, skipped_images_line
 from astrocli.recipe import Recipe
@@ -56,32 +59,6 @@ class TrainingInterrupted(AstroError):
 
 class NonFiniteLoss(AstroError):
     """The loss became NaN/inf; the last good checkpoint is kept."""
-
-
-@dataclass
-class EpochMeter:
-    """The running training loss of one epoch, kept on the device (no host sync per step)."""
-
-    loss_sum: torch.Tensor
-    nonfinite: torch.Tensor
-    images: int = 0
-    start: float = 0.0
-
-    @classmethod
-    def on(cls, device: torch.device) -> EpochMeter:
-        return cls(
-            loss_sum=torch.zeros((), device=device),
-            nonfinite=torch.zeros((), dtype=torch.bool, device=device),
-            start=time.perf_counter(),
-        )
-
-    def add(self, loss: torch.Tensor, batch_size: int) -> None:
-        self.loss_sum += loss.detach() * batch_size
-        self.nonfinite |= ~torch.isfinite(loss.detach())
-        self.images += batch_size
-
-    def seconds(self) -> float:
-        return time.perf_counter() - self.start
 
 
 # ---------------------------------------------------------------------------------------------
@@ -120,8 +97,10 @@ class Trainer:
     # Set while running:
     train_model: nn.Module = field(init=False)  # DDP and/or torch.compile around ``model``
     compiled: bool | None = None  # train.compile: whether compiling worked (None: not asked)
+    compile_seconds: float | None = None  # the compiling warm-up (forward and backward graphs)
+    budget: TimeBudget | None = None  # train.time: plans the epochs (astrocli/engine/budget.py)
     stop_signal: int | None = None  # SIGINT/SIGTERM received: stop after this step
-    calibration: dict[str, float] | None = None
+    calibration: dict[str, Any] | None = None
     first_step_announced: bool = False
     val_logits: KeptLogits = field(default_factory=KeptLogits)  # for calibration after training
 
@@ -165,48 +144,26 @@ class Trainer:
         if self.dist.is_distributed:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             wrapped = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
-        if not self.recipe.train.compile or self.compiled is False:
+        setting, name = self.recipe.train.compile, self.recipe.model.name
+        if self.compiled is False or not wants_compile(setting, self.device.type, name):
             return wrapped
-        try:
-            compiled = torch.compile(wrapped)
-        except Exception as exc:  # compile support varies by platform and torch build
-            self.console.warn(
-                f"torch.compile is unavailable ({type(exc).__name__}: {first_line(exc)}); training eagerly"
-            )
-            self.compiled = False
-            return wrapped
-        self.compiled = True
-        return compiled
+        module, self.compiled = try_compile(wrapped, self.console.warn)
+        return module
 
     def warm_up_compile(self) -> None:
-        """Compile now, with one forward pass on a batch of zeros, so that a failing compile falls back
-        to eager here, with one warning, rather than inside the loop. The pass leaves no trace (the RNG
-        states and the buffers, e.g. BatchNorm statistics, are put back) and the recipe is unchanged:
-        ``compiled`` (summary.json) records what happened."""
+        """Compile now (:func:`~astrocli.engine.compiling.warm_up`), so that a failing compile falls back
+        to eager here with one warning; ``compiled`` and ``compile_seconds`` record what happened."""
         if not self.compiled:
             return
-        d, model = self.recipe.data, self.model
-        images = torch.zeros(
-            self.recipe.train.batch_size, d.in_chans, d.img_size, d.img_size, device=self.device
-        )
-        if self.recipe.train.channels_last is True:
-            images = images.to(memory_format=torch.channels_last)
-        buffers = {name: b.clone() for name, b in model.named_buffers()}
         no_sync = self.train_model.no_sync() if self.dist.is_distributed else contextlib.nullcontext()
-        cuda = [self.device.index] if self.device.type == "cuda" else []
-        try:
-            with torch.random.fork_rng(devices=cuda), no_sync, self._autocast():
-                model.train()
-                self.train_model(images)
-        except Exception as exc:
-            self.console.warn(
-                f"torch.compile failed ({type(exc).__name__}: {first_line(exc)}); training eagerly"
-            )
+        seconds, error = warm_up(
+            self.train_model, self.model, self.recipe, self.device, self._autocast(), no_sync
+        )
+        self.compile_seconds = (self.compile_seconds or 0.0) + seconds
+        if error is not None:
+            self.console.warn(failure_line(error))
             self.compiled = False
             self.train_model = self._wrap_model()
-        with torch.no_grad():
-            for name, b in model.named_buffers():
-                b.copy_(buffers[name])
 
     def _autocast(self) -> torch.autocast:
         return torch.autocast(
@@ -218,13 +175,18 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Train from ``progress`` to the last epoch; returns the summary written to ``summary.json``."""
         start, previous = time.perf_counter(), self.progress.total_seconds
+        self.budget = TimeBudget.start(self.recipe.train, self.progress.budget_spent_s, self.console.info)
         self.warm_up_compile()
+        if self.budget is not None:
+            self.budget.mark()  # the compile counts against the budget, not as an epoch's time
         with self._signal_handlers(), self.loggers.session(self.recipe, self.run_dir):
-            for epoch in range(self.progress.epoch, self.total_epochs):
+            epoch = self.progress.epoch
+            while epoch < self.total_epochs:  # a train.time plan moves the end
                 self.apply_freeze(epoch)
                 row = self.train_one_epoch(epoch)
                 if self.stop_signal is not None and self.progress.step_in_epoch:
                     self._stop_after_signal(epoch)  # mid-epoch: save where we are
+                self.replan(epoch + 1)  # before evaluating: the epoch that ends the budget is the last
                 self.end_of_epoch(epoch, row, previous + time.perf_counter() - start)
                 self.loggers.log_epoch(epoch + 1, row)  # a pruning callback may raise here
                 if self.stop_signal is not None:
@@ -232,10 +194,25 @@ class Trainer:
                 if epoch + 1 < self.total_epochs and self.should_stop_early():
                     self._stop_early(epoch + 1)
                     break
+                epoch += 1
             self.calibration = self._calibrate()  # before finish(): summary.json reports it
             summary = self.finish(previous + time.perf_counter() - start)
             self.loggers.complete(self.run_dir, summary)
         return summary
+
+    def replan(self, done: int) -> None:
+        """``train.time``: the epochs that fit the budget (rank 0's plan on every rank), their schedule."""
+        if self.budget is None:
+            return
+        total = int(ddp.broadcast_string(str(self.budget.plan(done, self.total_epochs)), self.device))
+        self.progress.planned_epochs = total
+        if total == self.total_epochs:
+            return
+        self.scheduler = rebuild_scheduler(
+            self.optimizer, self.recipe, self.steps_per_epoch, total, self.progress
+        )
+        self.console.info(self.budget.plan_line(total, done))
+        self.total_epochs = total
 
     def train_one_epoch(self, epoch: int) -> dict[str, Any]:
         """One pass over the training batches (capped by ``train.max_steps_per_epoch``); a resumed
@@ -522,6 +499,8 @@ class Trainer:
         """The resume state, then ``last.safetensors`` (both atomic). Resume first: if the disk fills
         up, the run can still continue from the newest state once space is freed."""
         self.progress.saved_epoch = epoch
+        if self.budget is not None:  # a resumed run trains for what is left of its budget
+            self.progress.budget_spent_s = self.budget.elapsed_s()
         if self.dist.is_main:
             save_resume_state(
                 self.files.resume_file,
@@ -575,17 +554,13 @@ class Trainer:
 
     # -- after the last epoch ---------------------------------------------------------------------
 
-    def _calibrate(self) -> dict[str, float] | None:
+    def _calibrate(self) -> dict[str, Any] | None:
         """Temperature scaling of ``best``/``last`` on the validation split (astrocli/engine/calibrate.py)."""
         if not self.recipe.train.calibrate:
             return None
-
         result = calibrate_after_training(self)
         if result:
-            self.console.info(
-                f"calibration: temperature {result['temperature']:.3f}, validation ECE "
-                f"{result['ece']:.4f} -> {result['ece_calibrated']:.4f} (stored in the checkpoints)"
-            )
+            (self.console.info if result["applied"] else self.console.warn)(calibration_line(result))
         return result
 
     def score_test(self) -> dict[str, float]:
@@ -637,8 +612,18 @@ class Trainer:
             "world_size": self.dist.world_size,
             "compiled": bool(self.compiled),  # train.compile worked (False: eager, asked or not)
             "channels_last": self.recipe.train.channels_last is True,  # what auto chose, or as set
+            "compile": self.recipe.train.compile,  # the setting (auto, true, false)
+            "compile_seconds": self.compile_seconds,  # warm-up compile, apart from total_seconds' epochs
+            "time_minutes": self.recipe.train.time,  # train.time's budget (None: train.epochs)
+            "planned_epochs": p.planned_epochs,  # the epochs the budget planned last
             "run_dir": str(self.run_dir),
-            **(self.calibration or {}),
+            # The stored temperature and its ECE at the top (as before), the whole decision beside them.
+            **{
+                k: v
+                for k, v in (self.calibration or {}).items()
+                if k in ("temperature", "ece", "ece_calibrated")
+            },
+            **({"calibration": self.calibration} if self.calibration else {}),
         }
         if self.dist.is_main:
             self.files.write_summary(summary)

@@ -32,9 +32,11 @@ from pathlib import Path
 from typing import Any
 
 from astrocli.engine.run_dir import RunDir
-from astrocli.errors import AstroError
+from astrocli.errors import AstroError, OutputError, write_error
+from astrocli.experiments.predictions import write_oof, write_predictions
 from astrocli.files import atomic_write_text
-from astrocli.recipe import Recipe
+from astrocli.recipe import Recipe, recipe_from_dict
+from astrocli.redact import redact_url
 from astrocli.stats import t_interval
 
 PLAN_FILE = "cv_plan.json"
@@ -120,9 +122,19 @@ def write_plan(parent: Path, base: Recipe, folds: int, repeats: int, seeds: int)
     """Record the plan, or check that it matches the one already in ``parent``."""
     plan = {"folds": folds, "repeats": repeats, "seeds": seeds, "recipe": base.to_dict()}
     path = parent / PLAN_FILE
+    try:
+        _write_plan(parent, path, plan)
+    except OSError as exc:  # a read-only or foreign output.dir: one line, not a traceback
+        error = write_error(path, exc)
+        if not isinstance(error, AstroError):
+            error = OutputError(f"cannot write {path} ({exc.strerror or exc}); choose a writable output.dir")
+        raise error from None
+
+
+def _write_plan(parent: Path, path: Path, plan: dict[str, Any]) -> None:
     if path.is_file():
         old = json.loads(path.read_text())
-        if old != json.loads(json.dumps(plan)):
+        if not same_plan(old, plan):
             what = [k for k in ("folds", "repeats", "seeds") if old.get(k) != plan[k]] or ["recipe"]
             raise AstroError(
                 f"{parent} holds a cv with a different {', '.join(what)}; resume it with the same "
@@ -131,6 +143,17 @@ def write_plan(parent: Path, base: Recipe, folds: int, repeats: int, seeds: int)
         return
     parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(plan, indent=2) + "\n")
+
+
+def same_plan(old: dict[str, Any], plan: dict[str, Any]) -> bool:
+    """Whether a saved plan is ``plan``; recipe keys added by a later astro (a plan written by an
+    older one lacks them) count as their defaults, so such a cv still resumes."""
+    try:
+        if isinstance(old.get("recipe"), dict):
+            old = {**old, "recipe": recipe_from_dict(old["recipe"]).to_dict()}
+    except AstroError:  # a key this astro no longer knows: not the same plan
+        return False
+    return json.loads(json.dumps(old)) == json.loads(json.dumps(plan))
 
 
 def run_state(run_dir: Path) -> str:
@@ -160,12 +183,19 @@ def run_one(
     state = run_state(run_dir)
     if state == "done":
         say(f"{run.name}: finished earlier, kept")
-        return run_dir
-    if state == "resumable":
+    elif state == "resumable":
         say(f"{run.name}: resuming")
-        return train(resume_dir=run_dir, log=log, step_hook=step_hook)
-    say(f"{run.name}: training")
-    return train(run_recipe(base, run), run_dir=run_dir, log=log, step_hook=step_hook)
+        # The run's recipe.yaml holds a tracking URL without its password: give the real one back.
+        uri = base.output.mlflow_uri
+        again = [f"output.mlflow_uri={uri}"] if uri and redact_url(uri) != uri else []
+        train(resume_dir=run_dir, overrides=again, log=log, step_hook=step_hook)
+    else:
+        say(f"{run.name}: training")
+        train(run_recipe(base, run), run_dir=run_dir, log=log, step_hook=step_hook)
+    # The fold model's probabilities on its held-out fold: the out-of-fold rows of oof.npz (kept on
+    # a re-run; a run finished by an older astro gets them now, without retraining).
+    write_predictions(run_dir, device=base.train.device)
+    return run_dir
 
 
 def run_cv(
@@ -184,6 +214,8 @@ def run_cv(
 
     Writes ``cv.json`` at the end unless only one run was asked for (job arrays aggregate later).
     """
+    from astrocli.engine import TrainingInterrupted  # lazy: keeps start-up torch-free
+
     check_plan(folds, repeats, seeds)
     runs = plan_runs(folds, repeats, seeds)
     chosen = select_runs(runs, folds, repeats, fold, seed)
@@ -191,9 +223,16 @@ def run_cv(
     parent = parent_dir(base)
     write_plan(parent, base, folds, repeats, seeds)
     for number, run in enumerate(chosen, 1):
-        run_one(
-            base, run, parent, log, step_hook, say=lambda text, n=number: say(f"[{n}/{len(chosen)}] {text}")
-        )
+        prefix = f"[{number}/{len(chosen)}] "
+        try:
+            run_one(base, run, parent, log, step_hook, say=lambda text, p=prefix: say(p + text))
+        except TrainingInterrupted as exc:
+            # The fold saved its resume state; the cv resumes it (and runs the rest) on a re-run.
+            stopped = str(exc).split("; continue it with:")[0]
+            raise TrainingInterrupted(
+                f"{stopped} ({run.name}); re-run the same `astro cv` command to resume it and run the rest",
+                exit_code=exc.exit_code,
+            ) from None
     if fold is None:
         aggregate(parent)
     return parent
@@ -269,8 +308,9 @@ def run_metrics(summary: dict[str, Any]) -> dict[str, float]:
     return values
 
 
-def aggregate(parent: str | Path) -> dict[str, Any]:
-    """Write ``PARENT/cv.json`` from the finished runs and return it.
+def aggregate(parent: str | Path, write: bool = True) -> dict[str, Any]:
+    """Write ``PARENT/cv.json`` from the finished runs and return it (``write=False``: only return it;
+    ``astro compare`` reads cv folders without writing into them).
 
     Raises:
         AstroError: ``parent`` is not a cv folder, or no run in it has finished.
@@ -315,7 +355,9 @@ def aggregate(parent: str | Path) -> dict[str, Any]:
         "missing": missing,
         "metrics": metrics,
     }
-    atomic_write_text(parent / CV_FILE, json.dumps(report, indent=2) + "\n")
+    if write:
+        atomic_write_text(parent / CV_FILE, json.dumps(report, indent=2) + "\n")
+        write_oof(parent, runs)  # oof.npz, oof.csv: held-out probabilities (audit --cv)
     return report
 
 

@@ -38,7 +38,15 @@ import yaml
 from astrocli.engine.loggers import Callback, has_module, missing_extra_message, parent_run
 from astrocli.errors import AstroError, RecipeError, first_line
 from astrocli.files import atomic_write_bytes, atomic_write_text
-from astrocli.recipe import Recipe, given_keys, load_recipe, recipe_from_dict, set_given
+from astrocli.recipe import (
+    Recipe,
+    describe_yaml_error,
+    given_keys,
+    load_recipe,
+    recipe_from_dict,
+    set_given,
+)
+from astrocli.redact import scrub
 
 # train.select_metric -> the epoch-row key it is read from, and which way is better.
 METRIC_KEYS = {
@@ -113,7 +121,7 @@ def recipe_for_trial(base_recipe: Recipe, values: Mapping[str, Any]) -> Recipe:
     """The trial's recipe: ``base_recipe`` with the suggested ``values``. The values count as set and
     the rest as the user left it, so ``augment.preset: auto`` fills what the recipe left out from the
     data, as ``astro train`` would (rebuilt from the full dict, every key would count as set)."""
-    recipe = with_values(base_recipe.to_dict(), values)
+    recipe = with_values(base_recipe.to_dict(secrets=True), values)  # the trial logs where the user said
     set_given(recipe, given_keys(base_recipe) | set(values))
     return recipe
 
@@ -231,7 +239,7 @@ def load_space(path: str | Path, base: Mapping[str, Any]) -> list[Param]:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise AstroError(f"{path}: not valid YAML ({first_line(exc)})") from None
+        raise AstroError(describe_yaml_error(path, exc)) from None  # the line and column, as recipes
     return parse_space(data, base, str(path))
 
 
@@ -320,9 +328,9 @@ def make_storage(url: str) -> Any:
             # Processes creating a new database's tables at once race (a table or the alembic version
             # row already exists, or the file is locked): the loser retries and finds them made.
             if attempt == 2:
-                raise AstroError(
-                    f"cannot open the study storage '{url}' ({type(exc).__name__}: {first_line(exc)})"
-                ) from None
+                error = f"{type(exc).__name__}: {first_line(exc)}"
+                # Never the password, even inside the library's message.
+                raise AstroError(scrub(f"cannot open the study storage '{url}' ({error})", [url])) from None
             time.sleep(1 + attempt)
     raise AssertionError("unreachable")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from astrocli.calibration import calibration_summary, fit_temperature, write_temperature
+from astrocli.calibration import calibrate_logits, write_temperature
 from astrocli.errors import AstroError
 from astrocli.inference.evaluate import collect_outputs, eval_recipe
 
@@ -43,7 +43,7 @@ def calibrate_checkpoint(
     bundle = build_datasets(recipe.data)
     # Log-probabilities are the logits shifted per row, and softmax(z / T) ignores that shift.
     logits, _, targets = collect_outputs(runner, bundle.val, batch_size, num_workers)
-    summary = calibration_summary(logits, targets, fit_temperature(logits, targets))
+    summary = calibrate_logits(logits, targets)  # T = 1 with a reason when the fit cannot be trusted
     write_temperature(runner.source, summary["temperature"])
     runner.meta.temperature = summary["temperature"]
     summary["split"] = (bundle.split_info or {}).get("heldout_split", recipe.data.split)
