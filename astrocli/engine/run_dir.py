@@ -213,21 +213,3 @@ def curves_figure(rows: Sequence[Mapping[str, Any]]) -> Any:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     return fig
-
-
-def preload_plotting() -> None:
-    """Import matplotlib in a background thread while the run trains: its import (0.5-6 s on a
-    2-core machine, depending on load) then no longer sits between the last epoch and the exit,
-    where ``curves.png`` is drawn. The trainer starts it after the first step, so the start-up
-    does not pay it either."""
-    import importlib.util
-    import threading
-
-    def load() -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot  # noqa: F401
-
-    if importlib.util.find_spec("matplotlib") is not None:
-        threading.Thread(target=load, name="astro-preload-matplotlib", daemon=True).start()

@@ -34,7 +34,7 @@ from astrocli.engine.compiling import failure_line, try_compile, wants_compile, 
 from astrocli.engine.console import TrainConsole
 from astrocli.engine.finetune import frozen_at, set_frozen
 from astrocli.engine.loggers import LoggerGroup
-from astrocli.engine.run_dir import RunDir, preload_plotting
+from astrocli.engine.run_dir import RunDir
 from astrocli.engine.state import EpochMeter, Progress, save_resume_state
 from astrocli.errors import AstroError
 from astrocli.metrics import balanced_accuracy, macro_f1
@@ -282,8 +282,6 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # once per run: the step has really finished
         self.console.first_step(self.progress.global_step)
-        if self.recipe.output.plots and self.dist.is_main:
-            preload_plotting()  # matplotlib's import off the path from the last epoch to exit
 
     def _report_step(self, meter: EpochMeter, epoch: int, step: int) -> None:
         """Every ``LOG_EVERY`` steps: the NaN check, the console line and the loggers (one host sync)."""
