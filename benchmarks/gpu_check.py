@@ -704,7 +704,8 @@ def section_startup(report: Report, plan: Plan, archive: Path, workdir: Path) ->
     extract_s = time.perf_counter() - start
     cmd = [
         sys.executable, "-m", "astrocli", "train", "--recipe", FAST_RECIPE, "--jsonl", f"data.root={folder}",
-        "train.epochs=1", "train.warmup_epochs=0", "train.cooldown_epochs=0", "train.max_steps_per_epoch=2",
+        "train.epochs=1", "train.time=null", "train.warmup_epochs=0", "train.cooldown_epochs=0",
+        "train.max_steps_per_epoch=2",
         f"output.dir={workdir / 'runs'}", "output.plots=false", *plan.startup_overrides,
     ]  # fmt: skip
     command = shlex.join(["python", "-m", "astrocli", *cmd[3:]])

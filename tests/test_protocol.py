@@ -109,7 +109,7 @@ def scripted_evaluate(monkeypatch: pytest.MonkeyPatch, script: list[dict[str, fl
     """Make Trainer.evaluate return ``script``'s validation metrics, one entry per evaluation."""
     calls = iter(script)
 
-    def fake(self, model, batches=None, prefix="val_"):
+    def fake(self, model, batches=None, prefix="val_", keep=None):
         values = {"top5": 100.0, "macro_f1": 0.0, "balanced_accuracy": 0.0, **next(calls)}
         return {f"{prefix}{k}": v for k, v in values.items()}
 
