@@ -118,13 +118,7 @@ def install_warning_printer(stream: TextIO | None = None) -> None:
         if not issubclass(category, AstroWarning):
             previous(message, category, filename, lineno, file, line)
             return
-        out = file or stream or sys.stderr
-        label = "\x1b[33mwarning:\x1b[0m" if getattr(out, "isatty", lambda: False)() else "warning:"
-        try:
-            out.write(f"{label} {' '.join(str(message).split())}\n")
-            out.flush()
-        except (OSError, ValueError):  # stderr closed: nothing to tell
-            pass
+        warn_user(str(message), file or stream)
 
     show._astro_printer = True  # type: ignore[attr-defined]
     warnings.showwarning = show

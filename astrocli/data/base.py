@@ -51,7 +51,7 @@ class ImageFileDataset(Dataset):
     A file that cannot be decoded at read time is reported (once, by path) and replaced by the
     next readable sample, so one corrupt file never kills a long run. The report goes to
     ``skip_log`` when a run sets one (the trainer prints one line per epoch, also for skips in
-    DataLoader workers), else to a :class:`~astrocli.notices.SkippedImagesWarning`.
+    DataLoader workers), else straight to stderr as one ``warning:`` line (``notices.warn_user``).
     """
 
     skip_log: SkipLog | None = None
