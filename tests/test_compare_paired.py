@@ -19,6 +19,7 @@ from helpers import one_thread, run_astro  # noqa: F401 (autouse fixture)
 from scipy import stats
 
 from astrocli.errors import AstroError
+from astrocli.experiments import compare as compare_module
 from astrocli.experiments import cv
 from astrocli.experiments.compare import compare_paths
 from astrocli.recipe import load_recipe
@@ -131,6 +132,12 @@ def test_two_runs_get_a_paired_interval_and_p(
     summary = json.loads((a / "summary.json").read_text())  # the checkpoint scores as it did in training
     assert report["metrics"]["top1"]["a"] == pytest.approx(summary["best_metrics"]["top1"], abs=1e-6)
     assert "95% CI of A - B" in out and f"paired over the same {held_out} held-out images" in out
+    # compare reads the predictions the run saved; they equal a fresh pass of best.safetensors.
+    assert (a / "predictions.npz").is_file()
+    fresh = tmp_path / "without-saved-predictions"
+    shutil.copytree(a, fresh, ignore=shutil.ignore_patterns("predictions.*"))
+    saved, computed = compare_module._predictions(a), compare_module._predictions(fresh)
+    assert [list(part) for part in saved] == [list(part) for part in computed]
     assert files_of(a) | {"b/" + k: v for k, v in files_of(b).items()} == before
     # Runs that held out other images, or saw other data, cannot be paired.
     with pytest.raises(AstroError, match="held out different images"):

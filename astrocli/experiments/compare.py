@@ -20,6 +20,7 @@ from typing import Any
 from astrocli.engine.run_dir import RunDir
 from astrocli.errors import AstroError
 from astrocli.experiments.cv import TEST_METRICS, VAL_METRICS, aggregate, is_cv_parent
+from astrocli.experiments.predictions import PREDICTIONS_NPZ, read_predictions
 from astrocli.stats import (
     BOOTSTRAP_METRICS,
     image_scores,
@@ -142,7 +143,15 @@ def compare_cv(a: Path, b: Path, partial: bool = False) -> dict[str, Any]:
 
 
 def _predictions(run: Path) -> tuple[Any, Any, list[str]]:
-    """Top-1 predictions of ``run``'s best.safetensors on its held-out split, the labels, the classes."""
+    """Top-1 predictions of ``run``'s best.safetensors on its held-out split, the labels, the classes:
+    the ``val`` rows of the run's ``predictions.npz`` (written by ``astro train`` from the same
+    checkpoint, in the held-out split's order), else computed once here (runs of astro < 0.4)."""
+    saved = run / PREDICTIONS_NPZ
+    if saved.is_file():
+        predictions = read_predictions(saved)
+        rows = predictions.rows("val")
+        if len(rows):
+            return predictions.predicted[rows], predictions.target[rows], predictions.class_names
     from astrocli.data import build_datasets  # lazy: keeps start-up torch-free
     from astrocli.inference.evaluate import collect_probabilities, eval_recipe  # lazy: the same
     from astrocli.inference.runner import load_runner  # lazy: the same
