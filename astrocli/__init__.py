@@ -15,7 +15,7 @@ import importlib
 import importlib.util
 from types import ModuleType
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
 # The packages only the PyTorch side needs; an ONNX deployment may lack all of them.
 PYTORCH_MODULES = frozenset({"torch", "torchvision", "timm"})

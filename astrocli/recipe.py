@@ -159,7 +159,7 @@ class TrainConfig:
     decay_rate: float = 0.1  # step schedule
     grad_clip: float | None = None
     accum_steps: int = 1
-    amp: Literal["auto", "bf16", "fp16", "none"] = "auto"  # auto: bf16 on a GPU that has it, else off
+    amp: Literal["auto", "bf16", "fp16", "none"] = "auto"  # auto: bf16 on a GPU that has it / a measured CPU
     # channels-last memory format: auto = on where benchmarks/memory_format.py measured it faster
     # (astrocli/data/defaults.py: CHANNELS_LAST_CPU); the run's recipe records what auto chose
     channels_last: bool | Literal["auto"] = "auto"

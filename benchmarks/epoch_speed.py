@@ -8,7 +8,8 @@ that load from other processes hits all of them alike; the figures are medians o
   seconds from the process start to the first optimizer step, and from the last epoch's line to exit.
 - ``bare``: the loop a user would write, in this file (:func:`bare_main`): the same model
   (``astrocli.models.create_model``), timm's AdamW with the same learning rate and weight decay, the
-  same loss and the same augmented images. Tensor pipeline: the batches come from astro's own
+  same loss, the same augmented images and astro's levers (channels-last, bf16 autocast: what the
+  astro run's summary.json says it used). Tensor pipeline: the batches come from astro's own
   ``build_train_batches`` (the augmentation cost is on both sides); loader pipeline: a plain
   DataLoader over ``torchvision.datasets.ImageFolder`` with timm's ``create_transform`` and persistent
   workers. Its evaluation is a bare ``no_grad`` forward pass over the validation images.
@@ -111,11 +112,13 @@ def run_astro(repo: Path, recipe: Path, extra: list[str]) -> dict:
         "total_s": end - start,
         "top1": summary.get("best_top1"),
         "channels_last": summary.get("channels_last"),
+        "autocast": summary.get("autocast"),  # None: full precision (and every version before 0.5.0)
     }
 
 
-def run_bare(recipe: Path, channels_last: bool) -> dict:
+def run_bare(recipe: Path, channels_last: bool, bf16: bool) -> dict:
     cmd = [sys.executable, __file__, "--bare", str(recipe), *(["--channels-last"] if channels_last else [])]
+    cmd += ["--bf16"] if bf16 else []
     out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     if out.returncode != 0:
         raise SystemExit(f"bare loop failed: {out.stderr[-2000:]}")
@@ -151,7 +154,7 @@ def bare_sources(recipe, bundle, device):  # noqa: ANN001, ANN201 (torch is impo
     return train, val
 
 
-def bare_main(recipe_path: str, channels_last: bool) -> None:
+def bare_main(recipe_path: str, channels_last: bool, bf16: bool) -> None:
     import torch
     from timm.optim import create_optimizer_v2
 
@@ -175,13 +178,15 @@ def bare_main(recipe_path: str, channels_last: bool) -> None:
     mixup = getattr(train, "mixup", None)
     loss_fn = build_train_loss(recipe, mixup is not None)
     result: dict[str, list[float]] = {"img_per_s": [], "eval_s": []}
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)  # as astro's train.amp
     for epoch in range(t.epochs):
         if hasattr(train, "set_epoch"):
             train.set_epoch(epoch)
         model.train()
         start, images = time.perf_counter(), 0
         for x, y in train:
-            loss = loss_fn(model(x.contiguous(memory_format=fmt)), y)
+            with autocast:
+                loss = loss_fn(model(x.contiguous(memory_format=fmt)), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -189,7 +194,7 @@ def bare_main(recipe_path: str, channels_last: bool) -> None:
         result["img_per_s"].append(images / (time.perf_counter() - start))
         model.eval()
         start = time.perf_counter()
-        with torch.no_grad():
+        with torch.no_grad(), autocast:
             for x, _ in val:
                 model(x.contiguous(memory_format=fmt))
         result["eval_s"].append(time.perf_counter() - start)
@@ -230,9 +235,16 @@ def rounds(opts: argparse.Namespace, data: Path, work: Path) -> list[dict]:
                     records.append({"round": r, "model": model, "pipeline": pipeline, "arm": arm, **rec})
                     records[-1]["load"] = load_average()
                     print(json.dumps(records[-1]), flush=True)
-                cl = bool(records[-1 - (1 if opts.baseline else 0)].get("channels_last"))
+                ours = records[-1 - (1 if opts.baseline else 0)]  # the bare loop takes astro's levers
+                cl, bf16 = bool(ours.get("channels_last")), ours.get("autocast") == "bfloat16"
                 records.append(
-                    {"round": r, "model": model, "pipeline": pipeline, "arm": "bare", **run_bare(recipe, cl)}
+                    {
+                        "round": r,
+                        "model": model,
+                        "pipeline": pipeline,
+                        "arm": "bare",
+                        **run_bare(recipe, cl, bf16),
+                    }
                 )
                 records[-1]["load"] = load_average()
                 print(json.dumps(records[-1]), flush=True)
@@ -301,7 +313,8 @@ def paired_run(recipe_path: Path) -> tuple[list[float], list[float]]:
             bare.update(bare_parts(trainer.recipe, trainer.bundle, trainer.device))
         start = time.perf_counter()
         x, y = next(bare["batches"])
-        loss = bare["loss"](bare["model"](x), y)
+        with bare["autocast"]:
+            loss = bare["loss"](bare["model"](x), y)
         bare["optimizer"].zero_grad(set_to_none=True)
         loss.backward()
         bare["optimizer"].step()
@@ -346,7 +359,9 @@ def bare_parts(recipe, bundle, device) -> dict:  # noqa: ANN001
             epoch += 1
 
     loss = build_train_loss(recipe, getattr(train_batches, "mixup", None) is not None)
-    return {"model": model, "optimizer": optimizer, "batches": endless(), "loss": loss}
+    bf16 = recipe.train.amp == "bf16"  # astro's resolved train.amp
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    return {"model": model, "optimizer": optimizer, "batches": endless(), "loss": loss, "autocast": autocast}
 
 
 def ends(opts: argparse.Namespace) -> None:
@@ -375,6 +390,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bare", metavar="RECIPE", help=argparse.SUPPRESS)
     parser.add_argument("--channels-last", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--bf16", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared/data/cifar10-jpeg.zip")
     parser.add_argument("--train-images", type=int, default=2000)
     parser.add_argument("--val-images", type=int, default=1000)
@@ -395,7 +411,7 @@ def main() -> None:
     )
     opts = parser.parse_args()
     if opts.bare:
-        bare_main(opts.bare, opts.channels_last)
+        bare_main(opts.bare, opts.channels_last, opts.bf16)
         return
     if opts.ends:
         ends(opts)

@@ -8,7 +8,10 @@ balanced sampler), on real images: scikit-learn's digits and the Galaxy10 DECaLS
 
     python benchmarks/weights_fingerprint.py --galaxy ../shared/data/galaxy10-decals-sample \\
         --work /tmp/fingerprints --out before.json
-    python benchmarks/weights_fingerprint.py ... --out after.json --compare before.json
+    python benchmarks/weights_fingerprint.py ... --out after.json --compare before.json [--set train.amp=none]
+
+``--set KEY=VALUE ...`` applies to every run: against a version older than 0.5.0 on a CPU with AMX,
+``train.amp=none`` compares the full-precision path (0.5.0's auto trains some models in bf16 there).
 """
 
 from __future__ import annotations
@@ -76,7 +79,7 @@ def fingerprint(path: Path) -> str:
     return digest.hexdigest()
 
 
-def train_one(name: str, overrides: list[str], work: Path) -> dict[str, str]:
+def train_one(name: str, overrides: list[str], work: Path, extra: list[str]) -> dict[str, str]:
     recipe_name = None
     keys = []
     for item in overrides:
@@ -92,6 +95,7 @@ def train_one(name: str, overrides: list[str], work: Path) -> dict[str, str]:
         f"output.name={name}",
         "output.log=quiet",
         "output.plots=false",
+        *extra,
     ]
     run_dir = train(load_recipe(recipe_name, keys))
     return {f"{name}/{f.stem}": fingerprint(f) for f in sorted(run_dir.glob("*.safetensors"))}
@@ -106,11 +110,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--compare", type=Path, default=None, help="an earlier --out: say what differs")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every run (train.amp=none)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     prints: dict[str, str] = {}
     for name, overrides in runs(args.galaxy).items():
-        prints.update(train_one(name, overrides, args.work))
+        prints.update(train_one(name, overrides, args.work, args.set))
     args.out.write_text(json.dumps(prints, indent=2) + "\n")
     for key, value in prints.items():
         print(f"{value[:16]}  {key}")

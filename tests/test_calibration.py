@@ -96,6 +96,7 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "train.batch_size=16",
         "train.max_steps_per_epoch=6",
         "train.device=cpu",
+        "train.amp=none",  # astro eval --calibrate refits in fp32: the same logits as training's fit
         f"output.dir={out}",
         "output.log=quiet",
         "output.plots=false",

@@ -121,6 +121,23 @@ def test_epoch_table_header_is_printed_once_and_rows_line_up() -> None:
         assert [i for i, ch in enumerate(row) if ch == "│"] == columns
 
 
+def test_piped_epochs_are_consecutive_lines_without_bars() -> None:
+    """Into a log file the bars draw nothing; rich's transient bar used to leave an empty line each
+    time it stopped, one between every two epoch rows."""
+    console, buffer = recording_console(terminal=False)
+    for epoch in (1, 2, 3):
+        console.epoch_start(epoch, 3, steps=4)
+        console.step(2, 1.0, 1e-3, 100.0)
+        console.task_begin("validating", 5)
+        console.task_update(5)
+        console.task_end()
+        console.epoch_end(epoch_row(epoch), is_best=False)
+    console.close()
+    lines = buffer.getvalue().splitlines()
+    assert "" not in lines and console._live() is None
+    assert [int(r.split("│")[0]) for r in lines if re.match(r"\s+\d+ │", r)] == [1, 2, 3]
+
+
 def test_signal_notice_and_errors_start_their_own_line() -> None:
     console, buffer = recording_console(terminal=True)
     console.epoch_start(1, 3, steps=50)

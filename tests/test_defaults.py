@@ -112,6 +112,20 @@ def test_print_recipe_shows_what_auto_chose(tmp_path: Path, monkeypatch, capsys)
     assert code == 0 and "# flips: horizontal (" in out  # what is in force, set or filled
 
 
+def test_print_recipe_shows_the_precision_auto_chose(tmp_path: Path, monkeypatch, capsys) -> None:
+    import astrocli.data.defaults as defaults
+
+    monkeypatch.setattr(defaults, "cpu_has_bf16_tiles", lambda: True)
+    recipe = tmp_path / "short.yaml"
+    recipe.write_text("model:\n  name: resnet20\ndata:\n  source: digits\ntrain:\n  device: cpu\n")
+    code, out, _ = run_astro(["train", "--recipe", recipe, "--print-recipe"], monkeypatch, capsys)
+    assert code == 0 and "amp: bf16" in out
+    assert "# train.amp auto -> bf16 (resnet20 on this AMX CPU: faster, same top-1" in out
+    monkeypatch.setattr(defaults, "cpu_has_bf16_tiles", lambda: False)
+    code, out, _ = run_astro(["train", "--recipe", recipe, "--print-recipe"], monkeypatch, capsys)
+    assert code == 0 and "amp: none" in out and "(this CPU has no AMX bf16 units;" in out
+
+
 # -- train.epochs=N means N epochs ----------------------------------------------------------------
 
 

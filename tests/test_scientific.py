@@ -133,6 +133,7 @@ def test_fits_cubes_train_eval_export_predict(tmp_path, galaxies):
         "train.batch_size": 10,
         "train.max_steps_per_epoch": 2,
         "train.device": "cpu",
+        "train.amp": "none",  # astro eval runs in fp32: both losses in full precision, pixel paths compared
         "output.dir": tmp_path / "runs",
         "output.plots": False,
         "output.log": "quiet",

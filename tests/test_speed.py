@@ -1,5 +1,6 @@
 """Issue 21's speed work: loader workers kept across epochs (same images, exact resume), the
-calibration that reuses the last evaluation's logits, and the automatic memory format."""
+calibration that reuses the last evaluation's logits, the automatic memory format and the automatic
+bf16 autocast on CPUs with AMX."""
 
 from __future__ import annotations
 
@@ -129,7 +130,8 @@ def test_calibration_reuses_the_last_evaluation(tmp_path: Path, monkeypatch: pyt
         state, meta = load_checkpoint(run / f"{name}.safetensors")
         model = build_model(recipe, bundle.num_classes, load_weights=False)
         model.load_state_dict(state)
-        fresh[name] = calibrate_logits(*collect(model, batches, torch.device("cpu")))
+        amp = torch.bfloat16 if recipe.train.amp == "bf16" else None  # what the run's passes used
+        fresh[name] = calibrate_logits(*collect(model, batches, torch.device("cpu"), amp))
         assert meta.temperature == pytest.approx(fresh[name]["temperature"], rel=1e-6)
     stored = json.loads((run / "summary.json").read_text())["calibration"]
     assert fresh["best"]["num_images"] == len(bundle.val) > 0
@@ -189,3 +191,111 @@ def test_channels_last_auto_is_recorded_and_kept_on_resume(
     run = train(resume_dir=tmp_path / "cl", step_hook=hook)
     assert layouts and all(layouts)
     assert json.loads((run / "summary.json").read_text())["channels_last"] is True
+
+
+@pytest.mark.parametrize(
+    ("setting", "model", "device", "tiles", "resumed", "expected"),
+    [
+        ("auto", "resnet20", "cpu", True, False, "bf16"),  # AMX, and the table says faster
+        ("auto", "cct_2_3x2_32", "cpu", True, False, "none"),  # the table says not faster
+        ("auto", "vit_lite_2_4_32", "cpu", True, False, "none"),  # not in the table: as before
+        ("auto", "resnet20", "cpu", False, False, "none"),  # no AMX: bf16 would be emulated
+        ("auto", "resnet20", "cpu", True, True, "none"),  # a run begun before 0.5.0 stays fp32
+        ("auto", "resnet20", "cuda", True, False, "auto"),  # a GPU decides at the start, as before
+        ("auto", "resnet20", None, True, False, "auto"),  # device unknown: left for the run
+        ("none", "resnet20", "cpu", True, False, "none"),  # a set value is kept
+        ("bf16", "cct_2_3x2_32", "cpu", False, False, "bf16"),
+    ],
+)
+def test_amp_auto_follows_the_measured_table_on_an_amx_cpu(
+    monkeypatch: pytest.MonkeyPatch,
+    setting: str,
+    model: str,
+    device: str | None,
+    tiles: bool,
+    resumed: bool,
+    expected: str,
+) -> None:
+    import astrocli.data.defaults as defaults
+
+    monkeypatch.setattr(defaults, "BF16_CPU", {"resnet": True, "cct_": False})
+    monkeypatch.setattr(defaults, "cpu_has_bf16_tiles", lambda: tiles)
+    recipe = load_recipe(None, [f"model.name={model}", f"train.amp={setting}"])
+    resolved, line = defaults.resolve_amp(recipe, device, resumed=resumed)
+    assert resolved.train.amp == expected
+    assert (line is not None) == (setting == "auto" and device == "cpu")
+    if line:
+        assert line.startswith(f"train.amp auto -> {expected} (")
+    assert recipe.train.amp == setting  # the input recipe is left alone
+
+
+def test_amx_probe_matches_the_cpu_flags() -> None:
+    """cpu_has_bf16_tiles reads torch's private probe; it must agree with what the kernel reports."""
+    from astrocli.devices import cpu_has_bf16_tiles
+
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else None
+    if flags is None:
+        pytest.skip("no /proc/cpuinfo on this system")
+    assert cpu_has_bf16_tiles() == (" amx_tile" in flags and " amx_bf16" in flags)
+
+
+def test_amp_auto_trains_in_bf16_records_it_and_resumes_exactly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """auto trains under bf16 autocast where the table and the CPU say so, writes the choice into
+    recipe.yaml and summary.json; a stopped and resumed run keeps it (the table changed meanwhile)
+    and ends with the weights of an uninterrupted one."""
+    import json
+    import signal
+
+    import astrocli.data.defaults as defaults
+
+    monkeypatch.setattr(defaults, "BF16_CPU", {"resnet": True})
+    monkeypatch.setattr(defaults, "cpu_has_bf16_tiles", lambda: True)
+    dtypes = []
+
+    def hook(trainer, epoch: int, step: int) -> None:  # noqa: ANN001
+        dtypes.append(trainer.amp_dtype)
+        if (epoch, step) == (1, 1) and trainer.run_dir.name == "stopped":
+            trainer.stop_signal = signal.SIGTERM
+
+    whole = train(load_recipe(None, tiny_digits_overrides(tmp_path, "whole")), step_hook=hook)
+    with pytest.raises(TrainingInterrupted):
+        train(load_recipe(None, tiny_digits_overrides(tmp_path, "stopped")), step_hook=hook)
+    assert "amp: bf16" in (tmp_path / "stopped" / "recipe.yaml").read_text()
+    monkeypatch.setattr(defaults, "BF16_CPU", {"resnet": False})
+    resumed = train(resume_dir=tmp_path / "stopped", step_hook=hook)
+    assert dtypes and all(d == torch.bfloat16 for d in dtypes)
+    assert json.loads((resumed / "summary.json").read_text())["autocast"] == "bfloat16"
+    a, _ = read_tensors(whole / "last.safetensors")
+    b, _ = read_tensors(resumed / "last.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_run_begun_in_full_precision_resumes_in_full_precision(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A recipe.yaml that still says ``amp: auto`` was written before 0.5.0 (full precision on the CPU):
+    resuming it on an AMX CPU keeps fp32 rather than switching precision mid-run."""
+    import signal
+
+    import astrocli.data.defaults as defaults
+
+    monkeypatch.setattr(defaults, "BF16_CPU", {"resnet": False})
+    dtypes = []
+
+    def hook(trainer, epoch: int, step: int) -> None:  # noqa: ANN001
+        dtypes.append(trainer.amp_dtype)
+        if (epoch, step) == (0, 2):
+            trainer.stop_signal = signal.SIGTERM
+
+    with pytest.raises(TrainingInterrupted):
+        train(load_recipe(None, tiny_digits_overrides(tmp_path, "old")), step_hook=hook)
+    recipe_file = tmp_path / "old" / "recipe.yaml"
+    text = recipe_file.read_text()
+    assert "amp: none" in text
+    recipe_file.write_text(text.replace("amp: none", "amp: auto"))  # as 0.4.0 wrote it
+    monkeypatch.setattr(defaults, "BF16_CPU", {"resnet": True})
+    monkeypatch.setattr(defaults, "cpu_has_bf16_tiles", lambda: True)
+    train(resume_dir=tmp_path / "old", step_hook=hook)
+    assert len(dtypes) > 3 and all(d is None for d in dtypes)

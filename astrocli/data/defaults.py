@@ -40,7 +40,7 @@ import numpy as np
 from timm.models.maxxvit import MaxxVit
 
 from astrocli.data import build_datasets
-from astrocli.devices import resolve_device
+from astrocli.devices import cpu_has_bf16_tiles, resolve_device
 from astrocli.errors import AstroError, first_line
 from astrocli.recipe import Recipe, given_keys, mark_given
 
@@ -431,15 +431,60 @@ def _listed(model_name: str) -> bool:
     return any(model_name.startswith(p) for p in CHANNELS_LAST_CPU)
 
 
+# ``train.amp: auto`` on the CPU: bf16 autocast for the model families whose training step is faster
+# with it on a CPU with AMX tiles (:func:`astrocli.devices.cpu_has_bf16_tiles`) and that reach the same
+# top-1. benchmarks/memory_format.py (``--amp``) measures the speed and says whether this table still
+# holds, benchmarks/bf16_accuracy.py the top-1 (docs/performance.md has both). A family not listed,
+# and every model on a CPU without AMX, trains in full precision, as before 0.5.0.
+BF16_CPU: dict[str, bool] = {
+    "resnet": True,  # resnet20: 1.75x, same top-1 over three seeds
+    "cct_": True,  # cct_2_3x2_32: 1.9x, same top-1 over three seeds
+    "cvt_": True,  # cvt_2_4_32: 1.5x, top-1 -0.2 points, within the seed-to-seed spread
+    "vit_lite_": True,  # vit_lite_2_4_32: 1.5x, top-1 +0.3 points, within the seed-to-seed spread
+    "mobilenetv2": False,  # depthwise convolutions run slower in bf16 (mobilenetv2_050: 0.5x)
+}
+
+
+def bf16_on_cpu(model_name: str) -> bool:
+    """Whether :data:`BF16_CPU` says ``model_name`` trains faster, as accurately, with bf16 autocast."""
+    prefixes = [p for p in BF16_CPU if model_name.startswith(p)]
+    return BF16_CPU[max(prefixes, key=len)] if prefixes else False
+
+
+def resolve_amp(recipe: Recipe, device_type: str | None, resumed: bool = False) -> tuple[Recipe, str | None]:
+    """``train.amp: auto`` made ``bf16`` or ``none`` on the CPU, and the line saying so; a set value,
+    and auto on a GPU (bf16 where the GPU has it, decided when the run starts), are kept. The recipe
+    records the choice, so a resumed run keeps it; a resumed run whose recipe still says auto began
+    before 0.5.0, in full precision, and stays there."""
+    if recipe.train.amp != "auto" or device_type != "cpu":
+        return recipe, None
+    resolved = copy.deepcopy(recipe)
+    name = recipe.model.name
+    if resumed:
+        on, why = False, "the run began in full precision (before 0.5.0)"
+    elif not cpu_has_bf16_tiles():
+        on, why = False, "this CPU has no AMX bf16 units"
+    else:
+        on = bf16_on_cpu(name)
+        listed = any(name.startswith(p) for p in BF16_CPU)
+        why = "faster, same top-1" if on else "not faster" if listed else "no figure"
+        why = f"{name} on this AMX CPU: {why}"
+    resolved.train.amp = "bf16" if on else "none"
+    line = f"train.amp auto -> {resolved.train.amp} ({why}; benchmarks/memory_format.py --amp)"
+    return resolved, line
+
+
 def resolve_for_print(recipe: Recipe) -> tuple[Recipe, list[str]]:
     """What ``astro train --print-recipe`` shows: the recipe with its data defaults filled, and the
     lines saying what was chosen (YAML comments). Reading the data is cheap (file lists, array
     headers; nothing is downloaded); when it is not readable here, the recipe is shown as written.
-    ``train.channels_last: auto`` is resolved for the device the run would use.
+    ``train.channels_last: auto`` and ``train.amp: auto`` are resolved for the device the run would use.
     """
     resolved, lines = _data_defaults_for_print(recipe)
-    resolved, line = resolve_channels_last(resolved, _device_type(recipe.train.device))
-    return resolved, [*lines, *([line] if line else [])]
+    device_type = _device_type(recipe.train.device)
+    resolved, layout_line = resolve_channels_last(resolved, device_type)
+    resolved, amp_line = resolve_amp(resolved, device_type)
+    return resolved, [*lines, *(line for line in (layout_line, amp_line) if line)]
 
 
 def _device_type(spec: str) -> str | None:

@@ -103,6 +103,11 @@ class TrainConsole:
         else:
             self.err.print(f"[yellow]warning:[/] {text}")
 
+    def _bars_shown(self) -> bool:
+        """Bars only on a terminal: piped into a log, a transient bar draws nothing but leaves an
+        empty line behind each time it stops (rich), one between every two epoch rows."""
+        return self.enabled and self.mode == "rich" and self.out.is_terminal
+
     def _live(self) -> Progress | None:
         return self._progress or self._aux_progress
 
@@ -136,7 +141,7 @@ class TrainConsole:
 
     def epoch_start(self, epoch: int, total_epochs: int, steps: int, completed: int = 0) -> None:
         """Open the progress bar of epoch ``epoch`` (1-based) with ``steps`` batches, ``completed`` done."""
-        if not self.enabled or self.mode != "rich":
+        if not self._bars_shown():
             return
         self.close()
         self._progress = self._new_progress()
@@ -170,7 +175,7 @@ class TrainConsole:
         if self.mode == "jsonl":
             self._jsonl("task", text=description, total=total)
             return
-        if self.mode != "rich":
+        if not self._bars_shown():
             return
         self.task_end()
         progress = self._progress

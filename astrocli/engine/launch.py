@@ -23,6 +23,7 @@ from astrocli.data.defaults import (
     attention_warning,
     data_facts,
     describe,
+    resolve_amp,
     resolve_channels_last,
     resolve_defaults,
 )
@@ -176,17 +177,24 @@ def _load_bundle(recipe: Recipe, dist: ddp.DistInfo) -> DatasetBundle:
 
 
 def _data_defaults(
-    recipe: Recipe, bundle: DatasetBundle, dist: ddp.DistInfo, console: TrainConsole, device: torch.device
+    recipe: Recipe,
+    bundle: DatasetBundle,
+    dist: ddp.DistInfo,
+    console: TrainConsole,
+    device: torch.device,
+    resumed: bool,
 ) -> Recipe:
     """Fill the keys the recipe left out from the data (``augment.preset``; astrocli/data/defaults.py)
-    and the device (``train.channels_last: auto``), and print what was chosen. A resumed run's
-    recipe is complete already: nothing changes."""
+    and the device (``train.channels_last`` and ``train.amp``: auto), and print what was chosen. A
+    resumed run's recipe is complete already: nothing changes."""
     resolved, choices = resolve_defaults(recipe, data_facts(bundle, recipe, dist.world_size))
     for line in describe(choices, resolved):
         console.info(escape(line))
-    resolved, line = resolve_channels_last(resolved, device.type)
-    if line:
-        console.info(escape(line))
+    resolved, layout_line = resolve_channels_last(resolved, device.type)
+    resolved, amp_line = resolve_amp(resolved, device.type, resumed=resumed)
+    for line in (layout_line, amp_line):
+        if line:
+            console.info(escape(line))
     return resolved
 
 
@@ -256,7 +264,7 @@ def _prepare(
 ) -> Trainer:
     """Load the data, complete the recipe from it, write the run's header files, build the trainer."""
     bundle = _load_bundle(recipe, dist)
-    recipe = _data_defaults(recipe, bundle, dist, console, device)
+    recipe = _data_defaults(recipe, bundle, dist, console, device, resumed=resume is not None)
     if dist.is_main and resume is None:
         RunDir(path).write_header(recipe, bundle.class_names, bundle.mean, bundle.std, bundle.split_info)
     with report_progress(console):  # decoding the tensor cache shows a bar

@@ -610,6 +610,7 @@ class Trainer:
             "world_size": self.dist.world_size,
             "compiled": bool(self.compiled),  # train.compile worked (False: eager, asked or not)
             "channels_last": self.recipe.train.channels_last is True,  # what auto chose, or as set
+            "autocast": str(self.amp_dtype).removeprefix("torch.") if self.amp_dtype else None,
             "compile": self.recipe.train.compile,  # the setting (auto, true, false)
             "compile_seconds": self.compile_seconds,  # warm-up compile, apart from total_seconds' epochs
             "time_minutes": self.recipe.train.time,  # train.time's budget (None: train.epochs)
