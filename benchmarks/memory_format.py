@@ -39,7 +39,7 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from astrocli.data.defaults import BF16_CPU, bf16_on_cpu, channels_last_on_cpu  # noqa: E402
+from astrocli.data.defaults import BF16_CPU, bf16_on_cpu, channels_last_on_cpu, table_entry  # noqa: E402
 from astrocli.devices import cpu_has_bf16_tiles  # noqa: E402
 from astrocli.models import create_model  # noqa: E402
 
@@ -150,7 +150,7 @@ def bf16_verdict(name: str, r: dict, opts: argparse.Namespace) -> str:
     arm = r["bf16"]
     faster = cpu_has_bf16_tiles() and arm[opts.decide_on] >= opts.threshold
     table = bf16_on_cpu(name)
-    if not any(name.startswith(prefix) for prefix in BF16_CPU):  # speed alone does not list a family
+    if table_entry(BF16_CPU, name) is None:  # speed alone does not list a family
         verdict = "not listed: list it once benchmarks/bf16_accuracy.py finds the same top-1"
     else:
         verdict = "agrees" if faster == table else "DISAGREES"

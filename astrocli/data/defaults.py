@@ -397,10 +397,16 @@ CHANNELS_LAST_CPU: dict[str, bool] = {
 }
 
 
+def table_entry(table: dict[str, bool], model_name: str) -> bool | None:
+    """What a measured table (:data:`CHANNELS_LAST_CPU`, :data:`BF16_CPU`) says of ``model_name``: the
+    entry of its longest matching prefix, or None when no prefix matches (no figure)."""
+    prefixes = [p for p in table if model_name.startswith(p)]
+    return table[max(prefixes, key=len)] if prefixes else None
+
+
 def channels_last_on_cpu(model_name: str) -> bool:
     """Whether :data:`CHANNELS_LAST_CPU` says ``model_name`` trains faster channels-last on a CPU."""
-    prefixes = [p for p in CHANNELS_LAST_CPU if model_name.startswith(p)]
-    return CHANNELS_LAST_CPU[max(prefixes, key=len)] if prefixes else False
+    return table_entry(CHANNELS_LAST_CPU, model_name) is True
 
 
 def resolve_channels_last(recipe: Recipe, device_type: str | None) -> tuple[Recipe, str | None]:
@@ -417,7 +423,7 @@ def resolve_channels_last(recipe: Recipe, device_type: str | None) -> tuple[Reci
         "faster"
         if on
         else "not faster"
-        if device_type == "cpu" and _listed(recipe.model.name)
+        if device_type == "cpu" and table_entry(CHANNELS_LAST_CPU, recipe.model.name) is not None
         else "no figure"
     )
     line = (
@@ -425,10 +431,6 @@ def resolve_channels_last(recipe: Recipe, device_type: str | None) -> tuple[Reci
         "benchmarks/memory_format.py)"
     )
     return resolved, line
-
-
-def _listed(model_name: str) -> bool:
-    return any(model_name.startswith(p) for p in CHANNELS_LAST_CPU)
 
 
 # ``train.amp: auto`` on the CPU: bf16 autocast for the model families whose training step is faster
@@ -447,8 +449,7 @@ BF16_CPU: dict[str, bool] = {
 
 def bf16_on_cpu(model_name: str) -> bool:
     """Whether :data:`BF16_CPU` says ``model_name`` trains faster, as accurately, with bf16 autocast."""
-    prefixes = [p for p in BF16_CPU if model_name.startswith(p)]
-    return BF16_CPU[max(prefixes, key=len)] if prefixes else False
+    return table_entry(BF16_CPU, model_name) is True
 
 
 def resolve_amp(recipe: Recipe, device_type: str | None, resumed: bool = False) -> tuple[Recipe, str | None]:
@@ -465,9 +466,9 @@ def resolve_amp(recipe: Recipe, device_type: str | None, resumed: bool = False) 
     elif not cpu_has_bf16_tiles():
         on, why = False, "this CPU has no AMX bf16 units"
     else:
-        on = bf16_on_cpu(name)
-        listed = any(name.startswith(p) for p in BF16_CPU)
-        why = "faster, same top-1" if on else "not faster" if listed else "no figure"
+        entry = table_entry(BF16_CPU, name)
+        on = entry is True
+        why = "faster, same top-1" if on else "not faster" if entry is False else "no figure"
         why = f"{name} on this AMX CPU: {why}"
     resolved.train.amp = "bf16" if on else "none"
     line = f"train.amp auto -> {resolved.train.amp} ({why}; benchmarks/memory_format.py --amp)"
