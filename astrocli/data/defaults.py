@@ -468,10 +468,16 @@ def resolve_amp(recipe: Recipe, device_type: str | None, resumed: bool = False) 
     else:
         entry = table_entry(BF16_CPU, name)
         on = entry is True
-        why = "faster, same top-1" if on else "not faster" if entry is False else "no figure"
+        why = (
+            "its family measured faster at the same top-1"
+            if on
+            else "its family measured not faster"
+            if entry is False
+            else "no figure for its family"
+        )
         why = f"{name} on this AMX CPU: {why}"
     resolved.train.amp = "bf16" if on else "none"
-    line = f"train.amp auto -> {resolved.train.amp} ({why}; benchmarks/memory_format.py --amp)"
+    line = f"train.amp auto -> {resolved.train.amp} ({why}; docs/performance.md)"
     return resolved, line
 
 
