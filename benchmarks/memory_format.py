@@ -150,8 +150,10 @@ def bf16_verdict(name: str, r: dict, opts: argparse.Namespace) -> str:
     arm = r["bf16"]
     faster = cpu_has_bf16_tiles() and arm[opts.decide_on] >= opts.threshold
     table = bf16_on_cpu(name)
-    if table_entry(BF16_CPU, name) is None:  # speed alone does not list a family
-        verdict = "not listed: list it once benchmarks/bf16_accuracy.py finds the same top-1"
+    if table_entry(BF16_CPU, name) is None and faster:  # speed alone does not list a family
+        verdict = "not listed: faster here; list it once benchmarks/bf16_accuracy.py finds the same top-1"
+    elif table_entry(BF16_CPU, name) is None:
+        verdict = "not listed, and not faster here"
     else:
         verdict = "agrees" if faster == table else "DISAGREES"
     return (
