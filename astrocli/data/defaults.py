@@ -444,8 +444,8 @@ BF16_CPU: dict[str, bool] = {
     "cvt_": True,  # cvt_2_4_32: 1.51x, top-1 -0.2 points, within the seed-to-seed spread
     "vit_lite_": True,  # vit_lite_2_4_32: 1.46x, top-1 +0.3 points, within the seed-to-seed spread
     "mobilenetv2": False,  # depthwise convolutions run slower in bf16 (mobilenetv2_050: 0.5x)
-    # Not listed: astroformer (astroformer_0 at 32 px, batch 64: 0.90x, not faster; its recipes train at 224 px,
-    # not measured on a CPU), vit_ and the rest (not measured).
+    # Not listed: astroformer (astroformer_0 at 32 px, batch 64: 0.90x, not faster; its recipes train
+    # at 224 px, not measured on a CPU), vit_ and the rest (not measured).
 }
 
 
