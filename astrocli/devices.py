@@ -72,7 +72,7 @@ def free_memory_bytes(device: Any) -> int | None:
 def cpu_has_bf16_tiles() -> bool:
     """Whether this CPU multiplies bf16 in hardware with AMX tiles (Intel Sapphire Rapids and later).
 
-    There oneDNN runs bf16 convolutions and matmuls as AMX kernels, 1.5-1.9x faster than fp32 for the
+    There oneDNN runs bf16 convolutions and matmuls as AMX kernels, 1.5-2x faster than fp32 for the
     models in ``BF16_CPU`` (astrocli/data/defaults.py); without AMX, bf16 is emulated or runs on
     narrower units and was not measured faster, so ``train.amp: auto`` keeps full precision.
     """
