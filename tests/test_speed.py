@@ -275,13 +275,16 @@ def test_amp_auto_trains_in_bf16_records_it_and_resumes_exactly(
 def test_a_run_begun_in_full_precision_resumes_in_full_precision(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A recipe.yaml that still says ``amp: auto`` was written before 0.5.0 (full precision on the CPU):
-    resuming it on an AMX CPU keeps fp32 rather than switching precision mid-run."""
+    """A run started before 0.5.0 kept ``amp: auto`` in its recipe.yaml and resume state and trained
+    in fp32 on the CPU: resuming it on an AMX CPU whose table says bf16 keeps fp32 rather than switching
+    precision mid-run."""
     import signal
 
     import astrocli.data.defaults as defaults
+    import astrocli.engine.launch as launch
 
-    monkeypatch.setattr(defaults, "BF16_CPU", {"resnet": False})
+    resolve_amp = launch.resolve_amp
+    monkeypatch.setattr(launch, "resolve_amp", lambda recipe, device_type, resumed=False: (recipe, None))
     dtypes = []
 
     def hook(trainer, epoch: int, step: int) -> None:  # noqa: ANN001
@@ -289,12 +292,10 @@ def test_a_run_begun_in_full_precision_resumes_in_full_precision(
         if (epoch, step) == (0, 2):
             trainer.stop_signal = signal.SIGTERM
 
-    with pytest.raises(TrainingInterrupted):
+    with pytest.raises(TrainingInterrupted):  # as 0.4.0 ran it: auto left unresolved, fp32 on the CPU
         train(load_recipe(None, tiny_digits_overrides(tmp_path, "old")), step_hook=hook)
-    recipe_file = tmp_path / "old" / "recipe.yaml"
-    text = recipe_file.read_text()
-    assert "amp: none" in text
-    recipe_file.write_text(text.replace("amp: none", "amp: auto"))  # as 0.4.0 wrote it
+    assert "amp: auto" in (tmp_path / "old" / "recipe.yaml").read_text()
+    monkeypatch.setattr(launch, "resolve_amp", resolve_amp)
     monkeypatch.setattr(defaults, "BF16_CPU", {"resnet": True})
     monkeypatch.setattr(defaults, "cpu_has_bf16_tiles", lambda: True)
     train(resume_dir=tmp_path / "old", step_hook=hook)
